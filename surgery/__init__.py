@@ -1,0 +1,73 @@
+"""surgery: path-addressable model surgery and composition for PyTorch.
+
+One path grammar (``"layer3"``, ``"features.6"``, ``"features[7:14]"``,
+``"layer*.*.bn*"``) names the parts of any ``nn.Module``; every operation
+(get, find, replace, delete, insert, cut, split, compose, replace_head,
+adapt_input, freeze, layer groups, partial loading, verification) uses it.
+
+Example:
+    >>> import torchvision, surgery
+    >>> m = torchvision.models.resnet18(weights=None)
+    >>> surgery.find(m, "layer4.*.conv?")
+    ['layer4.0.conv1', 'layer4.0.conv2', 'layer4.1.conv1', 'layer4.1.conv2']
+"""
+
+from ._errors import (
+    ArgumentError,
+    CheckpointError,
+    LayerNotFoundError,
+    LoadError,
+    PathError,
+    PathNotFoundError,
+    PathSyntaxError,
+    ShapeMismatchError,
+    SharedModuleWarning,
+    StaleCacheError,
+    SurgeryError,
+    SurgeryWarning,
+    TraceError,
+    VerificationError,
+)
+from ._graph import delete, find, get, insert, replace
+from ._path import Path, parse_path
+from ._tree import ModelTree, TreeRow, tree
+
+# -- compose (issue 3): take, cut, split, compose, replace_head, adapt_input, create_head,
+#    summary, verify
+# -- end compose
+
+# -- freeze (issue 4): freeze, unfreeze, layer_groups, param_groups, freeze_to, precompute,
+#    FeatureCache, trainable
+# -- end freeze
+
+# -- load (issue 5/7): load_partial, LoadReport, save_state_dict
+# -- end load
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArgumentError",
+    "CheckpointError",
+    "LayerNotFoundError",
+    "LoadError",
+    "ModelTree",
+    "Path",
+    "PathError",
+    "PathNotFoundError",
+    "PathSyntaxError",
+    "ShapeMismatchError",
+    "SharedModuleWarning",
+    "StaleCacheError",
+    "SurgeryError",
+    "SurgeryWarning",
+    "TraceError",
+    "TreeRow",
+    "VerificationError",
+    "delete",
+    "find",
+    "get",
+    "insert",
+    "parse_path",
+    "replace",
+    "tree",
+]

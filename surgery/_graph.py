@@ -1,0 +1,441 @@
+"""Resolve paths against a model, and the in-place graph edits built on that.
+
+Every public function here is parse -> plan -> apply: the path is parsed, then
+resolved to a :class:`Target` (parent, key, module) without changing anything,
+and only a complete, valid plan is applied.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ._errors import ArgumentError, PathNotFoundError, SharedModuleWarning
+from ._path import Path, Slice, compile_pattern, parse_path
+
+__all__ = [
+    "Target",
+    "delete",
+    "find",
+    "get",
+    "insert",
+    "module_paths",
+    "not_found_message",
+    "replace",
+    "resolve",
+    "select",
+]
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_LIST_LIKE = (nn.Sequential, nn.ModuleList)
+_TREE_HINT = "list valid paths with surgery.tree(model) or `surgery tree`"
+
+
+@dataclass
+class Target:
+    """A resolved path: where a module lives, so that it can be replaced.
+
+    For a slice, ``module`` is a new container (same class) holding the members,
+    ``key`` is None and ``member_keys`` lists their keys in ``parent``.
+    """
+
+    path: Path
+    name: str  # dotted name as named_modules gives it ("" for the root)
+    module: nn.Module
+    parent: nn.Module | None = None
+    key: str | None = None
+    member_keys: list[str] = field(default_factory=list)
+    container_name: str = ""  # for a slice: the name of the sliced container
+
+    @property
+    def is_slice(self) -> bool:
+        return self.key is None and self.parent is not None
+
+    def member_names(self) -> list[str]:
+        return [_join(self.container_name, k) for k in self.member_keys]
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _children(module: nn.Module) -> list[str]:
+    return [k for k, v in module._modules.items() if v is not None]
+
+
+def not_found_message(
+    model: nn.Module, text: str, resolved: str, module: nn.Module, wanted: str, detail: str = ""
+) -> str:
+    """The 'not found' message: longest resolved prefix, children there, closest match."""
+    children = _children(module)
+    where = repr(resolved) if resolved else "the root"
+    lines = [f"no module at {text!r} in {type(model).__name__}: {wanted!r} not found under {where} ({type(module).__name__})"]
+    if detail:
+        lines.append(f"  {detail}")
+    if children:
+        shown = ", ".join(children[:20]) + (", ..." if len(children) > 20 else "")
+        lines.append(f"  children there: {shown}")
+        close = difflib.get_close_matches(wanted, children, n=1)
+        if close:
+            lines.append(f"  did you mean {_join(resolved, close[0])!r}?")
+    else:
+        lines.append(f"  {where} has no children")
+    lines.append(f"  {_TREE_HINT}")
+    return "\n".join(lines)
+
+
+def _slice_container(module: nn.Module, keys: list[str]) -> nn.Module:
+    """A new container of the same class as ``module`` holding the members ``keys``."""
+    items = [(k, module._modules[k]) for k in keys]
+    if isinstance(module, nn.Sequential):
+        try:
+            return type(module)(OrderedDict(items))
+        except Exception:  # a subclass with its own __init__ signature
+            return nn.Sequential(OrderedDict(items))
+    try:
+        return type(module)([m for _, m in items])
+    except Exception:
+        return nn.ModuleList([m for _, m in items])
+
+
+def resolve(model: nn.Module, path: str | Path) -> Target:
+    """Resolve ``path`` against ``model`` without changing anything.
+
+    Raises:
+        PathSyntaxError: the path does not parse.
+        PathNotFoundError: no module there; the message shows what exists.
+    """
+    if not isinstance(model, nn.Module):
+        raise ArgumentError(f"expected an nn.Module, got {type(model).__name__}")
+    p = parse_path(path)
+    text = str(path)
+    module = model
+    name = ""
+    parent: nn.Module | None = None
+    key: str | None = None
+    member_keys: list[str] = []
+    # after a slice, the new container holds the original keys: edits go to the origin
+    origin: tuple[nn.Module, str] | None = None
+    for seg in p.segments:
+        modules = module._modules
+        if isinstance(seg, Slice):
+            if not isinstance(module, _LIST_LIKE):
+                raise PathNotFoundError(
+                    f"cannot slice {name or 'the root'!r} in {text!r}: it is a "
+                    f"{type(module).__name__}, and only Sequential and ModuleList can be sliced.\n"
+                    f"  slice a container instead, or name the children one by one "
+                    f"(surgery.find(model, {(name + '.*') if name else '*'!r}))",
+                    text,
+                )
+            keys = _children(module)[seg.to_slice()]
+            if origin is not None:  # a slice of a slice: keep pointing at the real container
+                parent, base = origin
+            else:
+                parent, base = module, name
+            key, member_keys = None, keys
+            origin = (parent, base)
+            module = _slice_container(parent, keys)
+            name = f"{name}[{seg}]"
+            continue
+        child_key: str | None = None
+        if isinstance(seg, str):
+            if modules.get(seg) is not None:
+                child_key = seg
+        elif seg >= 0 and modules.get(str(seg)) is not None:
+            child_key = str(seg)
+        elif isinstance(module, _CONTAINERS):
+            children = _children(module)
+            if -len(children) <= seg < len(children):
+                child_key = children[seg]
+            else:
+                raise PathNotFoundError(
+                    f"index {seg} out of range in {text!r}: {name or 'the root'!r} is a "
+                    f"{type(module).__name__} of length {len(children)}"
+                    + (f" (valid: 0..{len(children) - 1} or -{len(children)}..-1)" if children else "")
+                    + f"\n  {_TREE_HINT}",
+                    text,
+                )
+        if child_key is None:
+            detail = ""
+            if isinstance(seg, int):
+                detail = (
+                    f"{type(module).__name__} is not a Sequential/ModuleList/ModuleDict, "
+                    "so integers are names here"
+                )
+            raise PathNotFoundError(
+                not_found_message(model, text, name, module, str(seg), detail), text
+            )
+        if origin is not None:
+            parent, name = origin
+        else:
+            parent = module
+        origin, key, member_keys = None, child_key, []
+        module = modules[child_key]  # type: ignore[assignment]
+        name = _join(name, child_key)
+    return Target(p, name, module, parent, key, member_keys, origin[1] if origin else "")
+
+
+def get(model: nn.Module, path: str | Path) -> nn.Module:
+    """The module at ``path`` (no copy; see :func:`surgery.take` for a copy).
+
+    A slice returns a new container of the same class holding the same module
+    objects, as torch's own slicing does.
+
+    Raises:
+        PathSyntaxError: the path does not parse.
+        PathNotFoundError: no module there; the message names the longest prefix
+            that resolved, its children and the closest match.
+
+    Example:
+        >>> import torchvision, surgery
+        >>> m = torchvision.models.vgg16_bn(weights=None)
+        >>> surgery.get(m, "features[6]") is m.features[6]
+        True
+        >>> len(surgery.get(m, "features[7:14]"))
+        7
+    """
+    return resolve(model, path).module
+
+
+def module_paths(model: nn.Module) -> dict[int, list[str]]:
+    """Every path of every module, by module id (shared modules have several)."""
+    out: dict[int, list[str]] = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        out.setdefault(id(mod), []).append(name)
+    return out
+
+
+def select(model: nn.Module, pattern: str | Path) -> list[tuple[str, nn.Module]]:
+    """Modules named by a path or a pattern, as ``(name, module)`` in model order.
+
+    A plain path resolves exactly (a slice gives its members); a glob or ``re:``
+    pattern is matched against ``named_modules`` names, root excluded.
+
+    Raises:
+        PathSyntaxError, PathNotFoundError: as for :func:`find`.
+    """
+    if isinstance(pattern, Path):
+        target = resolve(model, pattern)
+        return _target_members(target)
+    pat = compile_pattern(pattern)
+    if pat.kind == "path":
+        return _target_members(resolve(model, pattern))
+    match = pat.matcher
+    found = [(n, m) for n, m in model.named_modules() if n and match(n)]
+    if not found:
+        top = _children(model)
+        shown = ", ".join(top[:20]) + (", ..." if len(top) > 20 else "")
+        raise PathNotFoundError(
+            f"pattern {pattern!r} matches no module of {type(model).__name__}\n"
+            f"  top-level children: {shown or '(none)'}\n  {_TREE_HINT}",
+            pattern,
+        )
+    return found
+
+
+def _target_members(target: Target) -> list[tuple[str, nn.Module]]:
+    if target.is_slice:
+        assert target.parent is not None
+        return [
+            (n, target.parent._modules[k])  # type: ignore[misc]
+            for n, k in zip(target.member_names(), target.member_keys)
+        ]
+    return [(target.name, target.module)]
+
+
+def find(model: nn.Module, pattern: str) -> list[str]:
+    """Module paths matching ``pattern``, in ``named_modules`` order (root excluded).
+
+    ``*`` and ``?`` match inside one segment, ``**`` any number of segments,
+    ``re:`` applies ``re.fullmatch`` to the dotted path; a plain path matches
+    itself (a slice gives its members).
+
+    Raises:
+        PathSyntaxError: the pattern does not parse.
+        PathNotFoundError: nothing matches.
+
+    Example:
+        >>> import torchvision, surgery
+        >>> m = torchvision.models.resnet18(weights=None)
+        >>> surgery.find(m, "layer1.*.bn?")
+        ['layer1.0.bn1', 'layer1.0.bn2', 'layer1.1.bn1', 'layer1.1.bn2']
+        >>> surgery.find(m, "**.downsample")
+        ['layer2.0.downsample', 'layer3.0.downsample', 'layer4.0.downsample']
+    """
+    return [name for name, _ in select(model, pattern)]
+
+
+def _warn_shared(model: nn.Module, target: Target, action: str) -> None:
+    paths = module_paths(model).get(id(target.module), [])
+    others = [p for p in paths if p != target.name]
+    if others:
+        warnings.warn(
+            f"{action} {target.name!r} only: the same module object is also reachable at "
+            f"{', '.join(map(repr, others))}, which keeps the old module",
+            SharedModuleWarning,
+            stacklevel=3,
+        )
+
+
+def _check_module(module: object, what: str = "module") -> nn.Module:
+    if not isinstance(module, nn.Module):
+        raise ArgumentError(f"{what} must be an nn.Module, got {type(module).__name__}")
+    return module
+
+
+def replace(model: nn.Module, path: str | Path, module: nn.Module) -> nn.Module:
+    """Replace the module at ``path`` by ``module``, in place; return the old one.
+
+    Unlike ``set_submodule``, a wrong path raises instead of creating an attribute.
+
+    Raises:
+        PathNotFoundError: no module at ``path`` (nothing is changed).
+        ArgumentError: ``module`` is not an ``nn.Module``, or ``path`` is the root or a slice.
+
+    Example:
+        >>> import torch, torchvision, surgery
+        >>> m = torchvision.models.resnet18(weights=None)
+        >>> old = surgery.replace(m, "fc", torch.nn.Linear(512, 10))
+        >>> old.out_features, m.fc.out_features
+        (1000, 10)
+    """
+    _check_module(module)
+    target = resolve(model, path)
+    if target.parent is None:
+        raise ArgumentError("cannot replace the root (path ''): use the new module instead")
+    if target.is_slice:
+        raise ArgumentError(
+            f"cannot replace the slice {str(path)!r} by one module: delete it and insert, "
+            f"or replace its members one by one"
+        )
+    _warn_shared(model, target, "replacing")
+    assert target.key is not None
+    setattr(target.parent, target.key, module)
+    return target.module
+
+
+def _renumber(container: nn.Module, numeric: bool) -> None:
+    if numeric:
+        values = list(container._modules.values())
+        container._modules = OrderedDict((str(i), m) for i, m in enumerate(values))
+
+
+def _is_numbered(container: nn.Module) -> bool:
+    return list(container._modules) == [str(i) for i in range(len(container._modules))]
+
+
+def delete(model: nn.Module, path: str | Path) -> nn.Module:
+    """Remove the module at ``path``, in place; return it.
+
+    An entry of a Sequential/ModuleList/ModuleDict is removed (Sequential and
+    ModuleList entries are re-indexed); any other child is replaced by
+    ``nn.Identity`` so that ``forward`` keeps working. A slice removes all its
+    members and returns them in a container.
+
+    Example:
+        >>> import torchvision, surgery
+        >>> m = torchvision.models.vgg16_bn(weights=None)
+        >>> n = len(m.classifier)
+        >>> _ = surgery.delete(m, "classifier[-1]")
+        >>> len(m.classifier) == n - 1
+        True
+        >>> type(surgery.delete(m, "avgpool")).__name__, type(m.avgpool).__name__
+        ('AdaptiveAvgPool2d', 'Identity')
+    """
+    target = resolve(model, path)
+    parent = target.parent
+    if parent is None:
+        raise ArgumentError("cannot delete the root (path '')")
+    if target.is_slice:
+        numbered = _is_numbered(parent)
+        for k in target.member_keys:
+            del parent._modules[k]
+        _renumber(parent, numbered)
+        return target.module
+    assert target.key is not None
+    _warn_shared(model, target, "deleting")
+    if isinstance(parent, _CONTAINERS):
+        numbered = isinstance(parent, _LIST_LIKE) and _is_numbered(parent)
+        del parent._modules[target.key]
+        _renumber(parent, numbered)
+    else:
+        setattr(parent, target.key, nn.Identity())
+    return target.module
+
+
+def _fresh_key(container: nn.Module, module: nn.Module, name: str | None) -> str:
+    if name is not None:
+        if not isinstance(name, str) or not name or "." in name:
+            raise ArgumentError(f"name must be a non-empty str without '.', got {name!r}")
+        if name in container._modules:
+            raise ArgumentError(f"name {name!r} is already taken in this container")
+        return name
+    base = type(module).__name__.lower()
+    key, i = base, 1
+    while key in container._modules or hasattr(container, key):
+        key = f"{base}_{i}"
+        i += 1
+    return key
+
+
+def insert(
+    model: nn.Module,
+    path: str | Path,
+    module: nn.Module,
+    *,
+    after: bool = False,
+    name: str | None = None,
+) -> str:
+    """Insert ``module`` before (or ``after``) the entry at ``path``, in place.
+
+    ``path`` names an entry of a Sequential or ModuleList; numbered entries are
+    re-indexed. In a Sequential with named entries the new entry is called
+    ``name`` (default: the class name in lower case).
+
+    Returns:
+        The path of the inserted module.
+
+    Raises:
+        ArgumentError: the entry is not in a Sequential/ModuleList (wrap it:
+            ``replace(model, path, nn.Sequential(new, old))``).
+
+    Example:
+        >>> import torch, torchvision, surgery
+        >>> m = torchvision.models.vgg16_bn(weights=None)
+        >>> surgery.insert(m, "classifier[-1]", torch.nn.Dropout(0.2))
+        'classifier.6'
+        >>> type(m.classifier[6]).__name__, type(m.classifier[7]).__name__
+        ('Dropout', 'Linear')
+    """
+    _check_module(module)
+    target = resolve(model, path)
+    parent = target.parent
+    if parent is None or target.is_slice or not isinstance(parent, _LIST_LIKE):
+        where = type(parent).__name__ if parent is not None else "nothing (it is the root)"
+        raise ArgumentError(
+            f"cannot insert at {str(path)!r}: it is held by {where}, not a Sequential or "
+            f"ModuleList.\n  wrap it instead: surgery.replace(model, {str(path)!r}, "
+            f"nn.Sequential(new, surgery.get(model, {str(path)!r})))"
+        )
+    assert target.key is not None
+    numbered = _is_numbered(parent)
+    keys = list(parent._modules)
+    pos = keys.index(target.key) + (1 if after else 0)
+    if numbered:
+        if name is not None:
+            raise ArgumentError("name= is only for Sequentials with named entries")
+        new_key = "__surgery_new__"
+    else:
+        new_key = _fresh_key(parent, module, name)
+    items = list(parent._modules.items())
+    items.insert(pos, (new_key, module))
+    parent._modules = OrderedDict(items)
+    _renumber(parent, numbered)
+    final_key = str(pos) if numbered else new_key
+    prefix = target.name.rsplit(".", 1)[0] if "." in target.name else ""
+    return _join(prefix, final_key)
+
