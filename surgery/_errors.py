@@ -74,7 +74,7 @@ class PathSyntaxError(PathError, ValueError):
         self.text = text
         self.position = position
         self.reason = reason
-        caret = " " * (position + 4) + "^"
+        caret = " " * (position + 5) + "^"
         super().__init__(
             f"invalid path {text!r}: {reason} at position {position}\n    {text!r}\n{caret}"
         )

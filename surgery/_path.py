@@ -176,6 +176,12 @@ def _parse_bracket(src: str, start: int) -> tuple[Segment, int]:
     return Slice(values[0], values[1], values[2]), end + 1
 
 
+def _wildcard_reason(ch: str) -> str:
+    if ch in "*?":
+        return f"wildcard {ch!r} is only allowed in patterns (surgery.find, freeze, include=)"
+    return ""
+
+
 def _parse_name(src: str, start: int) -> tuple[Segment, int]:
     i = start
     while i < len(src) and src[i] not in _NAME_FORBIDDEN:
@@ -184,8 +190,9 @@ def _parse_name(src: str, start: int) -> tuple[Segment, int]:
         if start >= len(src):
             raise PathSyntaxError(src, start, "expected a name after '.'")
         ch = src[start]
-        if ch in "*?":
-            reason = f"wildcard {ch!r} is only allowed in patterns (surgery.find, freeze, include=)"
+        reason = _wildcard_reason(ch)
+        if reason:
+            pass
         elif ch == ".":
             reason = "empty segment ('..' or a leading '.')"
         elif ch == "]":
@@ -217,7 +224,8 @@ def _parse_cached(text: str) -> Path:
                 raise PathSyntaxError(text, i, "a path cannot end with '.'")
             seg, i = _parse_name(text, i + 1)
         elif segments:
-            raise PathSyntaxError(text, i, f"expected '.' or '[' before {ch!r}")
+            reason = _wildcard_reason(ch) or f"expected '.' or '[' before {ch!r}"
+            raise PathSyntaxError(text, i, reason)
         else:
             seg, i = _parse_name(text, i)
         segments.append(seg)
