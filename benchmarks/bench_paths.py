@@ -22,7 +22,12 @@ def build(blocks: int = 2500) -> nn.Module:
     with torch.device("meta"):
         return nn.Sequential(
             OrderedDict(
-                (f"stage{i}", nn.Sequential(OrderedDict(conv=nn.Conv2d(8, 8, 3), bn1=nn.BatchNorm2d(8), act=nn.ReLU())))
+                (
+                    f"stage{i}",
+                    nn.Sequential(
+                        OrderedDict(conv=nn.Conv2d(8, 8, 3), bn1=nn.BatchNorm2d(8), act=nn.ReLU())
+                    ),
+                )
                 for i in range(blocks)
             )
         )
@@ -38,6 +43,7 @@ def main() -> None:
     print(f"model: {n:,} modules")
 
     glob = "**.bn*"
+
     # the anchor: what users write by hand (fnmatch's '*' crosses dots, so '*.bn*' is the loop's glob)
     def anchor_glob() -> list[str]:
         return [name for name, _ in model.named_modules() if fnmatch.fnmatchcase(name, "*.bn*")]
@@ -59,7 +65,10 @@ def main() -> None:
     assert anchor_re() == ours_re()
 
     rows = []
-    for label, anchor, ours in [("glob '**.bn*'", anchor_glob, ours_glob), ("re: pattern", anchor_re, ours_re)]:
+    for label, anchor, ours in [
+        ("glob '**.bn*'", anchor_glob, ours_glob),
+        ("re: pattern", anchor_re, ours_re),
+    ]:
         a, o = best(anchor), best(ours)
         rows.append((label, a, o))
     print(f"{'case':<16} {'anchor loop':>12} {'surgery.find':>13} {'ratio':>7}   goal <= 1.5x")
@@ -70,8 +79,10 @@ def main() -> None:
     small, big = build(625), build(2500)
     t_small = best(lambda: surgery.find(small, glob)) / sum(1 for _ in small.modules())
     t_big = best(lambda: surgery.find(big, glob)) / sum(1 for _ in big.modules())
-    print(f"per-module time, 2.5k vs 10k modules: {t_small * 1e9:.0f} ns vs {t_big * 1e9:.0f} ns "
-          f"(ratio {t_big / t_small:.2f}, 1.0 = linear)")
+    print(
+        f"per-module time, 2.5k vs 10k modules: {t_small * 1e9:.0f} ns vs {t_big * 1e9:.0f} ns "
+        f"(ratio {t_big / t_small:.2f}, 1.0 = linear)"
+    )
 
 
 if __name__ == "__main__":

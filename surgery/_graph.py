@@ -73,7 +73,9 @@ def not_found_message(
     """The 'not found' message: longest resolved prefix, children there, closest match."""
     children = _children(module)
     where = repr(resolved) if resolved else "the root"
-    lines = [f"no module at {text!r} in {type(model).__name__}: {wanted!r} not found under {where} ({type(module).__name__})"]
+    lines = [
+        f"no module at {text!r} in {type(model).__name__}: {wanted!r} not found under {where} ({type(module).__name__})"
+    ]
     if detail:
         lines.append(f"  {detail}")
     if children:
@@ -90,7 +92,7 @@ def not_found_message(
 
 def _slice_container(module: nn.Module, keys: list[str]) -> nn.Module:
     """A new container of the same class as ``module`` holding the members ``keys``."""
-    items = [(k, module._modules[k]) for k in keys]
+    items: list[tuple[str, nn.Module]] = [(k, module._modules[k]) for k in keys]  # type: ignore[misc]
     if isinstance(module, nn.Sequential):
         try:
             return type(module)(OrderedDict(items))
@@ -155,7 +157,11 @@ def resolve(model: nn.Module, path: str | Path) -> Target:
                 raise PathNotFoundError(
                     f"index {seg} out of range in {text!r}: {name or 'the root'!r} is a "
                     f"{type(module).__name__} of length {len(children)}"
-                    + (f" (valid: 0..{len(children) - 1} or -{len(children)}..-1)" if children else "")
+                    + (
+                        f" (valid: 0..{len(children) - 1} or -{len(children)}..-1)"
+                        if children
+                        else ""
+                    )
                     + f"\n  {_TREE_HINT}",
                     text,
                 )
@@ -438,4 +444,3 @@ def insert(
     final_key = str(pos) if numbered else new_key
     prefix = target.name.rsplit(".", 1)[0] if "." in target.name else ""
     return _join(prefix, final_key)
-

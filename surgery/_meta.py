@@ -44,8 +44,10 @@ def normalize_input_size(input_size: Any) -> list[tuple[int, ...]]:
     """``(1, 3, 224, 224)`` -> ``[(1, 3, 224, 224)]``; a list of tuples stays a list."""
     if isinstance(input_size, torch.Size):
         return [tuple(input_size)]
-    if isinstance(input_size, Sequence) and input_size and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in input_size
+    if (
+        isinstance(input_size, Sequence)
+        and input_size
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in input_size)
     ):
         return [tuple(int(v) for v in input_size)]
     if (

@@ -28,7 +28,7 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from ._errors import PathSyntaxError
 
@@ -55,7 +55,7 @@ class Slice(NamedTuple):
         return text
 
 
-Segment = Union[str, int, Slice]
+Segment = str | int | Slice
 
 _NAME_FORBIDDEN = set(".[]*?") | {" ", "\t", "\n", "\r", "\x0b", "\x0c"}
 _INT_RE = re.compile(r"-?[0-9]+")
@@ -97,9 +97,7 @@ class Path:
     def __str__(self) -> str:
         out = ""
         for seg in self.segments:
-            if isinstance(seg, Slice):
-                out += f"[{seg}]"
-            elif isinstance(seg, int) and seg < 0:
+            if isinstance(seg, Slice) or (isinstance(seg, int) and seg < 0):
                 out += f"[{seg}]"
             else:
                 out += ("." if out else "") + str(seg)
@@ -367,7 +365,9 @@ def compile_pattern(text: str) -> Pattern:
             rx = re.compile(text[3:])
         except re.error as exc:
             pos = 3 + (exc.pos or 0)
-            raise PathSyntaxError(text, min(pos, max(len(text) - 1, 0)), f"bad regex: {exc.msg}") from None
+            raise PathSyntaxError(
+                text, min(pos, max(len(text) - 1, 0)), f"bad regex: {exc.msg}"
+            ) from None
         return Pattern(text, "regex", rx)
     if "*" in text or "?" in text:
         return Pattern(text, "glob", re.compile(_compile_glob(text)))

@@ -69,16 +69,25 @@ class ModelTree:
         table: list[list[str]] = []
         for r in self.rows:
             label = ("  " * r.depth) + (r.path.rsplit(".", 1)[-1] if r.path else "(root)")
-            state = "all" if r.frozen == 0 else ("frozen" if r.trainable == 0 else f"{r.trainable:,}")
+            state = (
+                "all" if r.frozen == 0 else ("frozen" if r.trainable == 0 else f"{r.trainable:,}")
+            )
             if r.total == 0:
                 state = "-"
-            row = [label, r.type + (f" (shared: {', '.join(r.shared_with)})" if r.shared_with else ""),
-                   f"{r.params:,}", f"{r.total:,}", state]
+            row = [
+                label,
+                r.type + (f" (shared: {', '.join(r.shared_with)})" if r.shared_with else ""),
+                f"{r.params:,}",
+                f"{r.total:,}",
+                state,
+            ]
             if show_shape:
                 row.append(_fmt_shape(r.output_shape))
             table.append(row)
-        widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h)
-                  for i, h in enumerate(header)]
+        widths = [
+            max(len(h), *(len(row[i]) for row in table)) if table else len(h)
+            for i, h in enumerate(header)
+        ]
         lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
         for row in table:
             cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
@@ -191,11 +200,24 @@ def tree(model: nn.Module, *, depth: int | None = None, input_size: Any = None) 
                 frozen += p.numel()
         others = tuple(p for p in paths.get(id(mod), []) if p != name)
         rows.append(
-            TreeRow(name, type(mod).__name__, d, own, trainable + frozen, trainable, frozen,
-                    others, shapes.get(name))
+            TreeRow(
+                name,
+                type(mod).__name__,
+                d,
+                own,
+                trainable + frozen,
+                trainable,
+                frozen,
+                others,
+                shapes.get(name),
+            )
         )
     root = rows[0]
     return ModelTree(
-        type(model).__name__, rows, root.total, root.trainable, root.frozen,
+        type(model).__name__,
+        rows,
+        root.total,
+        root.trainable,
+        root.frozen,
         list(input_size) if input_size is not None else None,
     )

@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (configure, run) in SUBCOMMANDS.items():
         if name.startswith("__"):
             continue
-        sp = sub.add_parser(name, help=(run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else None)
+        sp = sub.add_parser(
+            name, help=(run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else None
+        )
         configure(sp)
         sp.set_defaults(run=run)
     return parser

@@ -20,7 +20,13 @@ def snapshot(model: nn.Module) -> Snapshot:
     return Snapshot(
         modules=[(n, id(m), m.training) for n, m in model.named_modules(remove_duplicate=False)],
         params=[
-            (n, id(p), p.detach().clone() if p.device.type != "meta" else p.shape, p.dtype, p.requires_grad)
+            (
+                n,
+                id(p),
+                p.detach().clone() if p.device.type != "meta" else p.shape,
+                p.dtype,
+                p.requires_grad,
+            )
             for n, p in model.named_parameters(remove_duplicate=False)
         ],
         buffers=[

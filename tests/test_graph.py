@@ -27,7 +27,15 @@ def build(name: str, *, meta: bool = True, **kwargs) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
-ZOO = ["resnet18", "vgg16_bn", "densenet121", "vit_b_16", "mobilenet_v3_small", "swin_t", "inception_v3"]
+ZOO = [
+    "resnet18",
+    "vgg16_bn",
+    "densenet121",
+    "vit_b_16",
+    "mobilenet_v3_small",
+    "swin_t",
+    "inception_v3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +59,12 @@ def test_find_all_is_named_modules(zoo: dict[str, nn.Module], name: str) -> None
     assert surgery.find(model, "**") == [n for n, _ in model.named_modules() if n]
 
 
-@given(st.sampled_from(ZOO), st.sampled_from(["*", "*.*", "**.0", "**.*conv*", "**.bn?", "*.1.*", "**.fc", "re:.*\\.[0-9]+"]))
+@given(
+    st.sampled_from(ZOO),
+    st.sampled_from(
+        ["*", "*.*", "**.0", "**.*conv*", "**.bn?", "*.1.*", "**.fc", "re:.*\\.[0-9]+"]
+    ),
+)
 def test_find_agrees_with_fnmatch_loop(name: str, pattern: str) -> None:
     model = _ZOO_CACHE.setdefault(name, build(name))
     names = [n for n, _ in model.named_modules() if n]
@@ -62,7 +75,9 @@ def test_find_agrees_with_fnmatch_loop(name: str, pattern: str) -> None:
         expected = [n for n in names if fnmatch.fnmatchcase(n.rsplit(".", 1)[-1], tail)]
     else:
         depth = pattern.count(".") + 1
-        expected = [n for n in names if n.count(".") + 1 == depth and fnmatch.fnmatchcase(n, pattern)]
+        expected = [
+            n for n in names if n.count(".") + 1 == depth and fnmatch.fnmatchcase(n, pattern)
+        ]
     if expected:
         assert surgery.find(model, pattern) == expected
     else:
@@ -75,9 +90,18 @@ _ZOO_CACHE: dict[str, nn.Module] = {}
 
 def test_find_examples_on_resnet_and_vgg() -> None:
     r = build("resnet18")
-    assert surgery.find(r, "layer*.*.bn*")[:4] == ["layer1.0.bn1", "layer1.0.bn2", "layer1.1.bn1", "layer1.1.bn2"]
+    assert surgery.find(r, "layer*.*.bn*")[:4] == [
+        "layer1.0.bn1",
+        "layer1.0.bn2",
+        "layer1.1.bn1",
+        "layer1.1.bn2",
+    ]
     assert len(surgery.find(r, "layer*.*.bn*")) == 16
-    assert surgery.find(r, "**.downsample") == ["layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample"]
+    assert surgery.find(r, "**.downsample") == [
+        "layer2.0.downsample",
+        "layer3.0.downsample",
+        "layer4.0.downsample",
+    ]
     assert surgery.find(r, "re:layer[12]\\.0") == ["layer1.0", "layer2.0"]
     assert surgery.find(r, "layer3") == ["layer3"]
     v = build("vgg16_bn")
@@ -114,8 +138,25 @@ def test_positional_index_into_named_sequential_and_moduledict() -> None:
 
 
 NOT_FOUND = [
-    ("resnet18", "layer5", ["'layer5' not found under the root", "did you mean 'layer4'", "children there: conv1, bn1", "surgery.tree"]),
-    ("resnet18", "layer3.0.conv9", ["not found under 'layer3.0' \\(BasicBlock\\)", "did you mean 'layer3.0.conv[12]'", "children there: conv1, bn1, relu, conv2, bn2, downsample"]),
+    (
+        "resnet18",
+        "layer5",
+        [
+            "'layer5' not found under the root",
+            "did you mean 'layer4'",
+            "children there: conv1, bn1",
+            "surgery.tree",
+        ],
+    ),
+    (
+        "resnet18",
+        "layer3.0.conv9",
+        [
+            "not found under 'layer3.0' \\(BasicBlock\\)",
+            "did you mean 'layer3.0.conv[12]'",
+            "children there: conv1, bn1, relu, conv2, bn2, downsample",
+        ],
+    ),
     ("resnet18", "layer3.5", ["index 5 out of range", "'layer3' is a Sequential of length 2"]),
     ("resnet18", "layer3[-3]", ["index -3 out of range"]),
     ("resnet18", "conv1.weight", ["'weight' not found under 'conv1'", "has no children"]),
@@ -166,7 +207,9 @@ def test_replace_delete_insert_on_vgg_densenet_vit() -> None:
     old = surgery.replace(d, "features.norm5", nn.Identity())
     assert isinstance(old, nn.BatchNorm2d)
     assert surgery.delete(d, "features.denseblock4.denselayer16") is not None
-    assert "denselayer16" not in d.features.denseblock4._modules  # ModuleDict: removed, not re-indexed
+    assert (
+        "denselayer16" not in d.features.denseblock4._modules
+    )  # ModuleDict: removed, not re-indexed
     assert "denselayer15" in d.features.denseblock4._modules
     vit = build("vit_b_16")
     surgery.delete(vit, "encoder.layers[6:]")
@@ -193,11 +236,19 @@ FAILURES = [
     (lambda m: surgery.replace(m, "layer5", nn.ReLU()), PathNotFoundError, "did you mean 'layer4'"),
     (lambda m: surgery.replace(m, "fc", "not a module"), ArgumentError, "must be an nn.Module"),
     (lambda m: surgery.replace(m, "", nn.ReLU()), ArgumentError, "cannot replace the root"),
-    (lambda m: surgery.replace(m, "layer1[0:1]", nn.ReLU()), ArgumentError, "cannot replace the slice"),
+    (
+        lambda m: surgery.replace(m, "layer1[0:1]", nn.ReLU()),
+        ArgumentError,
+        "cannot replace the slice",
+    ),
     (lambda m: surgery.replace(m, "layer1..0", nn.ReLU()), PathSyntaxError, "empty segment"),
     (lambda m: surgery.delete(m, "layer3.9"), PathNotFoundError, "out of range"),
     (lambda m: surgery.delete(m, ""), ArgumentError, "cannot delete the root"),
-    (lambda m: surgery.insert(m, "fc", nn.ReLU()), ArgumentError, "(?s)not a Sequential or ModuleList.*nn.Sequential\\(new"),
+    (
+        lambda m: surgery.insert(m, "fc", nn.ReLU()),
+        ArgumentError,
+        "(?s)not a Sequential or ModuleList.*nn.Sequential\\(new",
+    ),
     (lambda m: surgery.insert(m, "layer1.0", nn.ReLU(), name="x"), ArgumentError, "name= is only"),
     (lambda m: surgery.insert(m, "layer1.0", 3), ArgumentError, "must be an nn.Module"),
     (lambda m: surgery.find(m, "re:("), PathSyntaxError, "bad regex"),

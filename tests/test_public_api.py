@@ -12,16 +12,45 @@ import surgery
 # Exact names from the issues (users' code depends on them).
 REQUIRED = {
     # issue 2: foundation
-    "Path", "parse_path", "get", "find", "replace", "delete", "insert", "tree",
-    "SurgeryError", "PathSyntaxError", "PathNotFoundError",
+    "Path",
+    "parse_path",
+    "get",
+    "find",
+    "replace",
+    "delete",
+    "insert",
+    "tree",
+    "SurgeryError",
+    "PathSyntaxError",
+    "PathNotFoundError",
     # issue 3: cut, split, compose, heads, verification
-    "take", "cut", "split", "compose", "replace_head", "adapt_input", "create_head",
-    "summary", "verify", "ShapeMismatchError", "VerificationError",
+    "take",
+    "cut",
+    "split",
+    "compose",
+    "replace_head",
+    "adapt_input",
+    "create_head",
+    "summary",
+    "verify",
+    "ShapeMismatchError",
+    "VerificationError",
     # issue 4: freezing, groups, cache
-    "freeze", "unfreeze", "layer_groups", "param_groups", "freeze_to", "precompute",
-    "FeatureCache", "StaleCacheError", "trainable",
+    "freeze",
+    "unfreeze",
+    "layer_groups",
+    "param_groups",
+    "freeze_to",
+    "precompute",
+    "FeatureCache",
+    "StaleCacheError",
+    "trainable",
     # issue 5: loading
-    "load_partial", "LoadReport", "save_state_dict", "LoadError", "CheckpointError",
+    "load_partial",
+    "LoadReport",
+    "save_state_dict",
+    "LoadError",
+    "CheckpointError",
 }
 
 

@@ -22,7 +22,19 @@ def test_tree_rows_counts_and_shapes_on_resnet18() -> None:
     m.conv1.weight.requires_grad_(False)
     t = surgery.tree(m, depth=1, input_size=(2, 3, 224, 224))
     rows = {r.path: r for r in t.rows}
-    assert [r.path for r in t.rows] == ["", "conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"]
+    assert [r.path for r in t.rows] == [
+        "",
+        "conv1",
+        "bn1",
+        "relu",
+        "maxpool",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "avgpool",
+        "fc",
+    ]
     assert t.total == 11_689_512 == sum(p.numel() for p in m.parameters())
     assert t.frozen == 9408 and t.trainable == 11_689_512 - 9408
     assert rows["fc"].params == rows["fc"].total == 513_000
@@ -32,7 +44,9 @@ def test_tree_rows_counts_and_shapes_on_resnet18() -> None:
     assert rows[""].output_shape == [2, 1000]
     text = str(t)
     assert "layer3" in text and "(2, 256, 14, 14)" in text and "frozen" in text
-    assert text.splitlines()[-1] == "Total: 11,689,512 parameters (11,680,104 trainable, 9,408 frozen)"
+    assert (
+        text.splitlines()[-1] == "Total: 11,689,512 parameters (11,680,104 trainable, 9,408 frozen)"
+    )
     data = json.loads(t.to_json())
     assert data["rows"][7]["path"] == "layer3" and data["total"] == 11_689_512
 
@@ -88,6 +102,8 @@ def test_parse_shape() -> None:
 def test_python_dash_m_runs_the_cli() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "surgery", "tree", "torchvision:alexnet", "--depth", "1"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "features" in out and "Total: 61,100,840" in out
