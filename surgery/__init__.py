@@ -34,13 +34,19 @@ from ._tree import ModelTree, TreeRow, tree
 
 # -- compose (issue 3): take, cut, split, compose, replace_head, adapt_input, create_head,
 #    summary, verify
+from ._heads import adapt_input, create_head, replace_head
 # -- end compose
 
 # -- freeze (issue 4): freeze, unfreeze, layer_groups, param_groups, freeze_to, precompute,
 #    FeatureCache, trainable
+from ._cache import FeatureCache, precompute
+from ._freeze import TrainableReport, TrainableRow, freeze, freeze_to, trainable, unfreeze
+from ._groups import layer_groups, param_groups
 # -- end freeze
 
 # -- load (issue 5/7): load_partial, LoadReport, save_state_dict
+from ._load import LoadReport, load_partial
+from ._save import save_state_dict
 # -- end load
 
 __version__ = "0.1.0"
@@ -48,8 +54,10 @@ __version__ = "0.1.0"
 __all__ = [
     "ArgumentError",
     "CheckpointError",
+    "FeatureCache",
     "LayerNotFoundError",
     "LoadError",
+    "LoadReport",
     "ModelTree",
     "Path",
     "PathError",
@@ -61,13 +69,27 @@ __all__ = [
     "SurgeryError",
     "SurgeryWarning",
     "TraceError",
+    "TrainableReport",
+    "TrainableRow",
     "TreeRow",
     "VerificationError",
+    "adapt_input",
+    "create_head",
     "delete",
     "find",
+    "freeze",
+    "freeze_to",
     "get",
     "insert",
+    "layer_groups",
+    "load_partial",
+    "param_groups",
     "parse_path",
+    "precompute",
     "replace",
+    "replace_head",
+    "save_state_dict",
+    "trainable",
     "tree",
+    "unfreeze",
 ]

@@ -55,21 +55,19 @@ _TRY = (
 
 
 def _default_leaf_types() -> tuple[type, ...]:
-    """Leaf module classes that torchvision and (when loaded) timm register for fx."""
-    types: list[type] = []
-    try:  # torchvision's own list (ops such as MultiScaleRoIAlign)
-        from torchvision.models import feature_extraction as _fe
+    """Leaf module classes that timm registers for fx (only when timm is loaded).
 
-        types += [t for t in _fe._get_leaf_modules_for_ops() if isinstance(t, type)]
-    except Exception:  # pragma: no cover - private API moved
-        pass
+    torchvision's list (every class in ``torchvision.ops``) is not used: it would
+    hide ``Conv2dNormActivation``/``MLP`` internals from cuts; untraceable ops
+    modules become opaque steps on their own.
+    """
     timm_fx = sys.modules.get("timm.layers._fx")
-    if timm_fx is not None:  # only when the user's model came from timm
-        try:
-            types += [t for t in timm_fx.get_notrace_modules() if isinstance(t, type)]
-        except Exception:  # pragma: no cover
-            pass
-    return tuple(types)
+    if timm_fx is None:  # only when the user's model came from timm
+        return ()
+    try:
+        return tuple(t for t in timm_fx.get_notrace_modules() if isinstance(t, type))
+    except Exception:  # pragma: no cover - private API moved
+        return ()
 
 
 def _autowrap_functions() -> tuple[Callable[..., Any], ...]:

@@ -103,8 +103,9 @@ def _filesystem_reader() -> type:
                     )
                 if getattr(self._metadata, "storage_meta", None) is None:
                     self._metadata.storage_meta = StorageMeta()
-            self._metadata.storage_meta.load_id = self.load_id
-            return self._metadata
+            metadata: Any = self._metadata
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
 
         def read_data(self, plan: Any, planner: Any) -> Any:
             from torch.distributed.checkpoint.planner import LoadItemType
@@ -124,7 +125,7 @@ def _filesystem_reader() -> type:
     return _Reader
 
 
-def SafeFileSystemReader(path: str | os.PathLike[str]) -> Any:  # noqa: N802 (a class factory)
+def SafeFileSystemReader(path: str | os.PathLike[str]) -> Any:
     """A :class:`~torch.distributed.checkpoint.FileSystemReader` that is safe on untrusted input.
 
     Its ``read_metadata`` unpickles ``.metadata`` with an allow-list (DCP's
@@ -234,17 +235,21 @@ class DCPSource(TensorSource):
 
     def _load(self, state_dict: dict[str, torch.Tensor]) -> None:
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import CheckpointException
 
         try:
             with _quiet():
                 dcp.load(state_dict, storage_reader=self._reader, no_dist=True)
-        except CheckpointError:
-            raise
-        except Exception as exc:
-            text = str(exc).strip().splitlines()
+        except (Exception, CheckpointException) as exc:
+            cause: BaseException = exc
+            if isinstance(exc, CheckpointException) and exc.failures:
+                cause = next(iter(exc.failures.values()))[0]  # (exception, traceback)
+            if isinstance(cause, CheckpointError):
+                raise cause from None
+            text = str(cause).strip().splitlines()
             raise CheckpointError(
                 f"cannot read {', '.join(map(repr, state_dict))} from DCP checkpoint "
-                f"{self.path!r}: {type(exc).__name__}: {text[-1] if text else ''}"
+                f"{self.path!r}: {type(cause).__name__}: {text[-1] if text else ''}"
             ) from None
 
 
@@ -311,8 +316,8 @@ def open_dcp(path: str | os.PathLike[str], key: str | None = None) -> DCPSource:
         >>> import tempfile, torchvision, surgery
         >>> from surgery._dcp import open_dcp
         >>> d = tempfile.mkdtemp()
-        >>> surgery.save_state_dict(torchvision.models.resnet18(weights=None), d, format="dcp")
-        >>> src = open_dcp(d)
+        >>> path = surgery.save_state_dict(torchvision.models.resnet18(weights=None), d, format="dcp")
+        >>> src = open_dcp(path)
         >>> src.info("fc.weight"), src.read("fc.bias").shape
         (TensorInfo(shape=(1000, 512), dtype=torch.float32), torch.Size([1000]))
     """
@@ -322,7 +327,7 @@ def open_dcp(path: str | os.PathLike[str], key: str | None = None) -> DCPSource:
     return DCPSource(p, key)
 
 
-def save_dcp(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+def save_dcp(state_dict: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
     """Write ``state_dict`` as a DCP checkpoint directory with ``torch.distributed.checkpoint.save``.
 
     In a process group (``torch.distributed`` initialized) this is a collective:
@@ -330,17 +335,28 @@ def save_dcp(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str
     (FSDP2). Otherwise the directory is written by this process alone. Views
     into larger storages are written compactly.
 
+    Returns:
+        The directory written.
+
     Raises:
+        LoadError: a value is not a tensor, or is on the meta device.
         CheckpointError: the directory cannot be written.
     """
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.tensor import DTensor
 
+    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise LoadError(
+            f"cannot save non-tensor values: {', '.join(map(repr, bad[:10]))}; "
+            "save_state_dict writes a mapping of names to tensors"
+        )
     sd: dict[str, torch.Tensor] = {}
     for k, v in state_dict.items():
         t = v.detach()
-        if not isinstance(t, DTensor) and t.untyped_storage().nbytes() != t.nbytes:
+        if t.is_meta:
+            raise LoadError(f"cannot save {k!r}: it is on the meta device (no data)")
+        if type(t) is torch.Tensor and t.untyped_storage().nbytes() != t.nbytes:
             t = t.clone()  # torch.save would otherwise write the whole storage
         sd[k] = t
     p = os.fspath(path)
@@ -351,3 +367,4 @@ def save_dcp(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str
             dcp.save(sd, checkpoint_id=p, no_dist=not distributed)
     except OSError as exc:
         raise CheckpointError(f"cannot write DCP checkpoint {p!r}: {exc}") from None
+    return p

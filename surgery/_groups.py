@@ -10,6 +10,7 @@ path before anything is computed from it.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import numbers
 from collections.abc import Sequence
@@ -182,7 +183,8 @@ def split_plan(model: nn.Module, split_at: Any) -> SplitPlan:
     for text in paths:
         units: list[list[tuple[str, nn.Module]]]
         found = select(model, text)
-        if compile_pattern(text).kind == "path":
+        is_path = compile_pattern(text).kind == "path"
+        if is_path:
             units = [found]  # a path (or a slice of one) starts one group
         else:
             units = [[nm] for nm in found]  # a glob starts a group at every match
@@ -192,7 +194,7 @@ def split_plan(model: nn.Module, split_at: Any) -> SplitPlan:
             first = [i for mid in ids for i in owned.get(mid, [])]
             label = unit[0][0] if len(unit) == 1 else text
             if not first:
-                if len(units) > 1:
+                if not is_path:
                     continue  # a glob match without parameters (e.g. a ReLU) starts nothing
                 raise ArgumentError(
                     f"split_at path {text!r} has no parameters of its own (it has none, or "
@@ -228,11 +230,11 @@ def split_plan(model: nn.Module, split_at: Any) -> SplitPlan:
             labels.append(label)
 
     bounds = [0, *starts, len(named)]
-    groups = [[named[i][0] for i in range(a, b)] for a, b in zip(bounds, bounds[1:])]
+    groups = [[named[i][0] for i in range(a, b)] for a, b in itertools.pairwise(bounds)]
     if not named:
         groups = []
     by_param: dict[int, int] = {}
-    for g, (a, b) in enumerate(zip(bounds, bounds[1:])):
+    for g, (a, b) in enumerate(itertools.pairwise(bounds)):
         for i in range(a, b):
             by_param[id(named[i][1])] = g
     return SplitPlan(paths, groups, starts, by_param, positions, split_positions)

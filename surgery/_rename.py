@@ -34,19 +34,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from ._errors import ArgumentError, LoadError
 from ._path import Slice, compile_pattern, parse_path
 
 __all__ = ["KeyFilter", "RenameRules", "RenameSpec"]
 
-RenameSpec = Union[
-    Mapping[str, str],
-    Sequence[tuple[Union[str, "re.Pattern[str]"], Union[str, Callable[["re.Match[str]"], str]]]],
-    Callable[[str], Union[str, None]],
-    None,
-]
+RenameSpec = Mapping[str, str] | Sequence[tuple[Any, Any]] | Callable[[str], str | None] | None
 
 
 def _prefixes(key: str) -> list[str]:
@@ -131,8 +126,13 @@ class KeyFilter:
             if not isinstance(text, str):
                 raise ArgumentError(f"{what} patterns must be str, got {text!r}")
             pat = compile_pattern(text)
-            if pat.kind == "path" and pat.path is not None and (
-                pat.path.has_slice or any(isinstance(s, int) and s < 0 for s in pat.path.segments)
+            if (
+                pat.kind == "path"
+                and pat.path is not None
+                and (
+                    pat.path.has_slice
+                    or any(isinstance(s, int) and s < 0 for s in pat.path.segments)
+                )
             ):
                 sm = _SliceMatcher(text)
                 sm.prepare(keys)
@@ -163,6 +163,7 @@ class RenameRules:
 
     kind: str  # "none", "prefix", "regex", "callable"
     prefix: list[tuple[str, str, str]] = field(default_factory=list)  # (label, old, new)
+    order: list[str] = field(default_factory=list)  # labels in the order given
     regex: list[tuple[str, re.Pattern[str], Any]] = field(default_factory=list)
     func: Callable[[str], str | None] | None = None
     used: set[str] = field(default_factory=set)
@@ -184,8 +185,9 @@ class RenameRules:
                         f"rename dict maps str prefixes to str prefixes, got {old!r}: {new!r}"
                     )
                 rules.append((old, old.strip("."), new.strip(".")))
-            rules.sort(key=lambda r: -len(r[1]))  # longest prefix wins
-            return cls("prefix", prefix=rules)
+            order = [r[0] for r in rules]
+            rules.sort(key=lambda r: -len(r[1]))  # longest prefix wins (stable for ties)
+            return cls("prefix", prefix=rules, order=order)
         if callable(rename):
             return cls("callable", func=rename)
         if isinstance(rename, (list, tuple)):
@@ -208,7 +210,9 @@ class RenameRules:
                     try:
                         rx = re.compile(pat)
                     except re.error as exc:
-                        raise ArgumentError(f"rename regex {pat!r} does not compile: {exc}") from None
+                        raise ArgumentError(
+                            f"rename regex {pat!r} does not compile: {exc}"
+                        ) from None
                 else:
                     raise ArgumentError(f"rename regex must be a str, got {type(pat).__name__}")
                 out.append((rx.pattern, rx, repl))
@@ -276,7 +280,7 @@ class RenameRules:
 
     def labels(self) -> list[str]:
         if self.kind == "prefix":
-            return [label for label, _, _ in self.prefix]
+            return list(self.order)
         if self.kind == "regex":
             return [label for label, _, _ in self.regex]
         return []

@@ -138,8 +138,8 @@ def open_sharded_index(path: str | os.PathLike[str]) -> ShardedSource:
         >>> from surgery._sharded import open_sharded_index
         >>> d = tempfile.mkdtemp()
         >>> m = torchvision.models.resnet18(weights=None)
-        >>> surgery.save_state_dict(m, d, max_shard_size="10MB")
-        >>> src = open_sharded_index(os.path.join(d, "model.safetensors.index.json"))
+        >>> index = surgery.save_state_dict(m, d, max_shard_size="10MB")
+        >>> src = open_sharded_index(index)
         >>> len(src.shard_files) > 1, src.opened
         (True, [])
         >>> src.info("fc.weight").shape, len(src.opened)
@@ -161,7 +161,7 @@ def open_sharded_index(path: str | os.PathLike[str]) -> ShardedSource:
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
         raise CheckpointError(
-            f"{p!r} is not a sharded checkpoint index: it needs a \"weight_map\" object "
+            f'{p!r} is not a sharded checkpoint index: it needs a "weight_map" object '
             'mapping tensor names to shard files, e.g. {"weight_map": {"fc.weight": '
             '"model-00001-of-00002.safetensors"}}'
         )

@@ -29,6 +29,8 @@ error lists them and ``key=`` picks one.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import zipfile
@@ -243,7 +245,9 @@ class SafetensorsSource(TensorSource):
     """A ``.safetensors`` file through ``safetensors.safe_open`` (zero-copy mmap).
 
     ``info`` reads only the header; ``read`` returns a memory-mapped tensor.
-    ``metadata`` is the file's string metadata (``{}`` when none).
+    ``metadata`` is the file's string metadata (``{}`` when none). Tied tensors
+    that :func:`surgery.save_state_dict` stored once are listed under every
+    name again (``aliases``: alias -> stored key, from ``"surgery.aliases"``).
 
     Raises:
         CheckpointError: the file is missing or not a valid safetensors file.
@@ -265,6 +269,20 @@ class SafetensorsSource(TensorSource):
             raise CheckpointError(
                 f"cannot read {self.path!r} as safetensors: {type(exc).__name__}: {exc}"
             ) from None
+        # tied tensors saved once by surgery.save_state_dict: {alias: stored key}
+        self.aliases: dict[str, str] = {}
+        raw = self.metadata.get("surgery.aliases")
+        if raw:
+            try:
+                aliases = json.loads(raw)
+            except ValueError:
+                aliases = None
+            if isinstance(aliases, dict):
+                stored = set(self._keys)
+                self.aliases = {
+                    str(a): str(k) for a, k in aliases.items() if k in stored and a not in stored
+                }
+                self._keys += list(self.aliases)
         self._key_set = set(self._keys)
         self._infos: dict[str, TensorInfo] = {}
 
@@ -280,7 +298,7 @@ class SafetensorsSource(TensorSource):
             return cached
         if key not in self._key_set:
             raise self._unknown(key)
-        sl = self._f.get_slice(key)
+        sl = self._f.get_slice(self.aliases.get(key, key))
         info = TensorInfo(tuple(int(d) for d in sl.get_shape()), safetensors_dtype(sl.get_dtype()))
         self._infos[key] = info
         return info
@@ -289,7 +307,7 @@ class SafetensorsSource(TensorSource):
         if key not in self._key_set:
             raise self._unknown(key)
         try:
-            t = self._f.get_tensor(key)
+            t = self._f.get_tensor(self.aliases.get(key, key))
         except Exception as exc:
             raise CheckpointError(
                 f"cannot read tensor {key!r} from {self.path!r}: {type(exc).__name__}: {exc}"
@@ -300,10 +318,8 @@ class SafetensorsSource(TensorSource):
     def close(self) -> None:
         f, self._f = getattr(self, "_f", None), None
         if f is not None:
-            try:
+            with contextlib.suppress(Exception):  # already closed
                 f.__exit__(None, None, None)
-            except Exception:  # already closed
-                pass
 
 
 def _check_file(path: str) -> None:
@@ -349,8 +365,12 @@ def torch_load(path: str | os.PathLike[str]) -> Any:
             ) from None
         lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
         detail = next(
-            (ln for ln in lines if ln.startswith(("Unsupported", "Unpickler", "Weights"))
-             and not ln.startswith("Weights only load failed")),
+            (
+                ln
+                for ln in lines
+                if ln.startswith(("Unsupported", "Unpickler", "Weights"))
+                and not ln.startswith("Weights only load failed")
+            ),
             lines[0] if lines else type(exc).__name__,
         )
         if "WeightsUnpickler error" in msg and len(lines) > 2:
@@ -419,9 +439,7 @@ def unwrap_state_dict(
                     )
                 node = node[part]
         if not isinstance(node, Mapping):
-            raise LoadError(
-                f"{description}[{key!r}] is a {type(node).__name__}, not a state dict"
-            )
+            raise LoadError(f"{description}[{key!r}] is a {type(node).__name__}, not a state dict")
         return node, key
     if not obj or _tensor_count(obj):
         return obj, None
@@ -534,8 +552,9 @@ def open_source(source: Any, *, key: str | None = None) -> TensorSource:
     if isinstance(source, TensorSource):
         return source
     if isinstance(source, nn.Module):
-        sd = source.state_dict(keep_vars=False)
-        return MappingSource(sd, f"<module {type(source).__name__}>")
+        return MappingSource(
+            source.state_dict(keep_vars=False), f"<module {type(source).__name__}>"
+        )
     if isinstance(source, Mapping):
         sd, unwrapped = unwrap_state_dict(source, key=key, description="<mapping>")
         return MappingSource(sd, "<mapping>", unwrapped)

@@ -46,9 +46,13 @@ def write_sharded(
             name = f"pytorch_model-{i + 1:05d}-of-{n:05d}.bin"
             torch.save({k: sd[k].clone() for k in keys}, root / name)
         weight_map.update(dict.fromkeys(keys, name))
-    index = "model.safetensors.index.json" if kind == "safetensors" else "pytorch_model.bin.index.json"
+    index = (
+        "model.safetensors.index.json" if kind == "safetensors" else "pytorch_model.bin.index.json"
+    )
     total = sum(sd[k].nbytes for k in weight_map)
-    (root / index).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    (root / index).write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     return root / index
 
 
@@ -122,9 +126,13 @@ def test_load_partial_opens_only_the_selected_shards(
             p.zero_()
     src = open_sharded_index(index)
     report = surgery.load_partial(src, into=model, include=["layers.1", "layers.2"])
-    assert sorted(report.loaded) == sorted(k for k in sd if k.startswith(("layers.1.", "layers.2.")))
+    assert sorted(report.loaded) == sorted(
+        k for k in sd if k.startswith(("layers.1.", "layers.2."))
+    )
     assert sorted(src.opened) == sorted(src.shard_files[1:3])
-    assert src.bytes_read == sum(v.nbytes for k, v in sd.items() if k.startswith(("layers.1.", "layers.2.")))
+    assert src.bytes_read == sum(
+        v.nbytes for k, v in sd.items() if k.startswith(("layers.1.", "layers.2."))
+    )
     msd = model.state_dict()
     for k in sd:
         expected = sd[k] if k.startswith(("layers.1.", "layers.2.")) else torch.zeros_like(sd[k])
@@ -166,7 +174,9 @@ def test_without_into_reads_lazily(sharded: tuple[Path, dict[str, torch.Tensor]]
 
 
 def test_missing_index(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match=r"sharded index '.*nothing\.index\.json' does not exist"):
+    with pytest.raises(
+        CheckpointError, match=r"sharded index '.*nothing\.index\.json' does not exist"
+    ):
         open_sharded_index(tmp_path / "nothing.index.json")
 
 
@@ -176,8 +186,11 @@ def test_missing_index(tmp_path: Path) -> None:
         ("{not json", r"cannot read sharded index .*JSONDecodeError"),
         ('{"metadata": {}}', r"is not a sharded checkpoint index: it needs a \"weight_map\""),
         ('{"weight_map": {"a": 3}}', r"is not a sharded checkpoint index"),
-        ('[1, 2]', r"is not a sharded checkpoint index"),
-        ('{"weight_map": {"a": "../x.safetensors"}}', r"names shard '\.\./x\.safetensors' outside its own directory"),
+        ("[1, 2]", r"is not a sharded checkpoint index"),
+        (
+            '{"weight_map": {"a": "../x.safetensors"}}',
+            r"names shard '\.\./x\.safetensors' outside its own directory",
+        ),
         ('{"weight_map": {"a": "/etc/x.safetensors"}}', r"outside its own directory"),
         ('{"weight_map": {"a": "x.npz"}}', r"names shard 'x\.npz' of an unknown kind"),
     ],
@@ -189,13 +202,17 @@ def test_bad_index(tmp_path: Path, text: str, message: str) -> None:
         open_sharded_index(p)
 
 
-def test_missing_shard_is_named_when_first_used(sharded: tuple[Path, dict[str, torch.Tensor]]) -> None:
+def test_missing_shard_is_named_when_first_used(
+    sharded: tuple[Path, dict[str, torch.Tensor]],
+) -> None:
     index, _ = sharded
     with open_sharded_index(index) as src:
         missing = src.shard_files[2]
         os.remove(index.parent / missing)
         src.info("layers.0.0.weight")  # other shards still work
-        with pytest.raises(CheckpointError, match=rf"shard '.*{missing}' named by .* does not exist"):
+        with pytest.raises(
+            CheckpointError, match=rf"shard '.*{missing}' named by .* does not exist"
+        ):
             src.info("layers.2.0.weight")
 
 
@@ -219,13 +236,21 @@ def test_index_and_shard_disagree(tmp_path: Path) -> None:
     idx.write_text(json.dumps({"weight_map": {"a": "s.safetensors", "b": "s.safetensors"}}))
     with open_sharded_index(idx) as src:
         assert torch.equal(src.read("a"), torch.ones(2))
-        with pytest.raises(CheckpointError, match=r"maps 'b' to shard 's\.safetensors', but that file has no such tensor"):
+        with pytest.raises(
+            CheckpointError,
+            match=r"maps 'b' to shard 's\.safetensors', but that file has no such tensor",
+        ):
             src.read("b")
 
 
 def test_unknown_key_suggests_the_closest(sharded: tuple[Path, dict[str, torch.Tensor]]) -> None:
     index, _ = sharded
-    with open_sharded_index(index) as src, pytest.raises(LoadError, match=r"has no tensor 'head\.weigth'; did you mean 'head\.weight'"):
+    with (
+        open_sharded_index(index) as src,
+        pytest.raises(
+            LoadError, match=r"has no tensor 'head\.weigth'; did you mean 'head\.weight'"
+        ),
+    ):
         src.read("head.weigth")
     assert src.opened == []
 
@@ -234,7 +259,10 @@ def test_corrupt_safetensors_shard(tmp_path: Path) -> None:
     (tmp_path / "s.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!")
     idx = tmp_path / "model.safetensors.index.json"
     idx.write_text(json.dumps({"weight_map": {"a": "s.safetensors"}}))
-    with open_sharded_index(idx) as src, pytest.raises(CheckpointError, match=r"cannot read '.*s\.safetensors' as safetensors"):
+    with (
+        open_sharded_index(idx) as src,
+        pytest.raises(CheckpointError, match=r"cannot read '.*s\.safetensors' as safetensors"),
+    ):
         src.info("a")
 
 
@@ -248,6 +276,9 @@ def test_pickle_payload_in_a_bin_shard_never_runs(tmp_path: Path) -> None:
     torch.save({"a": torch.ones(2), "evil": Payload()}, tmp_path / "s.bin")
     idx = tmp_path / "pytorch_model.bin.index.json"
     idx.write_text(json.dumps({"weight_map": {"a": "s.bin"}}))
-    with open_sharded_index(idx) as src, pytest.raises(CheckpointError, match=r"'.*s\.bin'.*weights_only"):
+    with (
+        open_sharded_index(idx) as src,
+        pytest.raises(CheckpointError, match=r"'.*s\.bin'.*weights_only"),
+    ):
         src.read("a")
     assert not marker.exists()

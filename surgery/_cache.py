@@ -1,0 +1,677 @@
+"""Run a frozen body once and train the head on its features: ``precompute``.
+
+``precompute(body, data)`` returns a :class:`FeatureCache`, a map-style
+``Dataset`` of ``(features, target)`` (or features alone). With ``cache_dir``
+the features go to disk and are memory-mapped back; the directory is keyed by
+a fingerprint of the body (class, structure, every weight's bytes) and of the
+data (length and a deterministic sample of items), so a later call with the
+same body and data reuses them without running the body.
+
+Staleness: the cache remembers the body's tensors. Every read compares their
+version counters (bumped by optimizer steps, ``load_state_dict`` and in-place
+edits: a few microseconds per read, once per batch through a ``DataLoader``);
+the first read, every ``len(cache)`` item reads and :meth:`FeatureCache.check`
+also re-collect the body's tensors and compare a sample of their values
+(catching replaced parameters, ``.data`` edits and fused optimizers, which
+bump no counter). A stale cache raises :class:`surgery.StaleCacheError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path as FsPath
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from ._errors import ArgumentError, StaleCacheError, SurgeryWarning
+from ._meta import eval_mode
+
+__all__ = ["FeatureCache", "data_fingerprint", "precompute", "weights_fingerprint"]
+
+_FORMAT = 1
+_SAMPLE_ITEMS = 16  # items hashed for the data fingerprint (all of them below this)
+
+
+# ---------------------------------------------------------------------------
+# fingerprints
+# ---------------------------------------------------------------------------
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]
+
+
+def weights_fingerprint(body: nn.Module) -> str:
+    """A hex digest of ``body``'s class, structure (``repr``) and every tensor of its state.
+
+    BLAKE2b over the raw bytes: about a second per gigabyte of weights.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{type(body).__module__}.{type(body).__qualname__}\n{body!r}".encode())
+    for name, t in body.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.device.type == "meta":
+            raise ArgumentError(
+                f"cannot fingerprint {name!r}: it is on the meta device (no values)"
+            )
+        h.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+def _hash_obj(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        h.update(f"T{obj.dtype}{tuple(obj.shape)}".encode())
+        h.update(_tensor_bytes(obj))
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for v in obj:
+            _hash_obj(h, v)
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _hash_obj(h, obj[k])
+    elif hasattr(obj, "__array__"):
+        import numpy as np
+
+        arr = np.ascontiguousarray(np.asarray(obj))
+        h.update(f"A{arr.dtype}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    elif hasattr(obj, "tobytes"):  # PIL images
+        h.update(f"B{getattr(obj, 'size', '')}{getattr(obj, 'mode', '')}".encode())
+        h.update(obj.tobytes())
+    else:
+        h.update(repr(obj).encode())
+
+
+def _sample_indices(n: int) -> list[int]:
+    if n <= _SAMPLE_ITEMS:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (_SAMPLE_ITEMS - 1)) for i in range(_SAMPLE_ITEMS)})
+
+
+def data_fingerprint(dataset: Any, first: Any = None) -> str:
+    """A hex digest of a map-style dataset: its class, length and a sample of its items.
+
+    Up to 16 evenly spaced items (all of them for small data) are hashed.
+    ``first`` is item 0 if it was already loaded.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    n = len(dataset)
+    h.update(f"{type(dataset).__module__}.{type(dataset).__qualname__}:{n}".encode())
+    for i in _sample_indices(n):
+        h.update(f"\n#{i}".encode())
+        _hash_obj(h, first if (i == 0 and first is not None) else dataset[i])
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# staleness
+# ---------------------------------------------------------------------------
+
+
+def _state(body: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    seen: set[int] = set()
+    out = []
+    for name, t in [*body.named_parameters(), *body.named_buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append((name, t))
+    return out
+
+
+def _sample(t: torch.Tensor) -> torch.Tensor:
+    flat = t.detach().reshape(-1)
+    n = flat.numel()
+    picked = flat[:: max(1, n // 8)][:8] if n else flat
+    return picked.to(torch.float64)
+
+
+class _Watch:
+    """What the body looked like when the features were computed."""
+
+    def __init__(self, body: nn.Module) -> None:
+        self.ref = weakref.ref(body)
+        self.body_type = type(body).__name__
+        state = _state(body)
+        self.names = [n for n, _ in state]
+        self.tensors = [t for _, t in state]
+        self.versions = [t._version for t in self.tensors]
+        self.full = self._signature(state)
+
+    @staticmethod
+    def _signature(state: list[tuple[str, torch.Tensor]]) -> tuple[list[Any], torch.Tensor | None]:
+        keys = [
+            (n, id(t), t.data_ptr() if t.device.type != "meta" else 0, tuple(t.shape))
+            for n, t in state
+        ]
+        real = [t for _, t in state if t.device.type != "meta"]
+        values = torch.cat([_sample(t).cpu() for t in real]) if real else None
+        return keys, values
+
+    def light(self) -> str | None:
+        """The name of a tensor whose version changed, or None."""
+        now = [t._version for t in self.tensors]
+        if now == self.versions:
+            return None
+        return next(n for n, a, b in zip(self.names, now, self.versions) if a != b)
+
+    def thorough(self) -> str | None:
+        """Re-collect the body's tensors and compare identity, storage and sampled values."""
+        changed = self.light()
+        if changed is not None:
+            return changed
+        body = self.ref()
+        if body is None:
+            return None  # the body is gone: nothing can have changed it
+        keys, values = self._signature(_state(body))
+        old_keys, old_values = self.full
+        if keys != old_keys:
+            old = {k[0]: k for k in old_keys}
+            for k in keys:
+                if old.get(k[0]) != k:
+                    return k[0]
+            return next((k[0] for k in old_keys if k[0] not in {x[0] for x in keys}), "?")
+        if values is not None and old_values is not None:
+            a, b = values.view(torch.int64), old_values.view(torch.int64)
+            if not torch.equal(a, b):
+                return "a parameter or buffer (its values)"
+        return None
+
+
+# ---------------------------------------------------------------------------
+# the dataset
+# ---------------------------------------------------------------------------
+
+
+class FeatureCache(Dataset):
+    """Features computed once by a frozen body: a map-style ``Dataset``.
+
+    Items are ``(features[i], targets[i])``, or ``features[i]`` when there are
+    no targets. ``features`` and ``targets`` are whole tensors (memory-mapped
+    from ``path`` when the cache lives on disk), handy for full-batch training.
+    A cache made by :func:`precompute` raises :class:`surgery.StaleCacheError`
+    when read after the body's weights changed.
+
+    Attributes:
+        features: ``(N, *feature_shape)`` tensor on the CPU.
+        targets: ``(N, ...)`` tensor, or None.
+        path: the cache directory on disk, or None when held in memory.
+        key: the fingerprint of body and data (empty when not computed).
+        reused: True when the features were read from an existing cache on disk.
+    """
+
+    def __init__(
+        self,
+        features: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        key: str = "",
+        reused: bool = False,
+    ) -> None:
+        if not isinstance(features, torch.Tensor) or features.dim() == 0:
+            raise ArgumentError("features must be a tensor with a leading item dimension")
+        if targets is not None and (
+            not isinstance(targets, torch.Tensor) or len(targets) != len(features)
+        ):
+            raise ArgumentError(
+                f"targets must be a tensor with one entry per item ({len(features)}), got "
+                f"{type(targets).__name__}"
+                + (f" of length {len(targets)}" if isinstance(targets, torch.Tensor) else "")
+            )
+        self.features = features
+        self.targets = targets
+        self.path = FsPath(path) if path is not None else None
+        self.key = key
+        self.reused = reused
+        self._watch: _Watch | None = None
+        self._reads = 0
+        self._stale: str | None = None
+
+    def _track(self, body: nn.Module) -> None:
+        self._watch = _Watch(body)
+        self._reads = -1  # the first read checks thoroughly
+
+    # -- staleness ---------------------------------------------------------
+
+    def _raise_stale(self, what: str) -> None:
+        self._stale = what
+        where = f"at {str(self.path)!r}" if self.path is not None else "in memory"
+        body = self._watch.body_type if self._watch is not None else "body"
+        raise StaleCacheError(
+            f"FeatureCache {where} is stale: the {body}'s {what!r} changed after the features "
+            f"were computed, so they no longer match the body.\n  recompute them: "
+            f"cache = surgery.precompute(body, data, ...), or train through the body"
+        )
+
+    def check(self) -> None:
+        """Compare the body with what it was when the features were computed.
+
+        Raises:
+            StaleCacheError: a weight or buffer changed (or was replaced) since.
+        """
+        if self._stale is not None:
+            self._raise_stale(self._stale)
+        if self._watch is not None:
+            changed = self._watch.thorough()
+            if changed is not None:
+                self._raise_stale(changed)
+            self._reads = 0
+
+    @property
+    def is_stale(self) -> bool:
+        """Whether the body changed since the features were computed (a thorough check)."""
+        try:
+            self.check()
+        except StaleCacheError:
+            return True
+        return False
+
+    def _guard(self, n: int) -> None:
+        if self._watch is None:
+            return
+        if self._stale is not None:
+            self._raise_stale(self._stale)
+        if self._reads < 0 or self._reads >= len(self):
+            self.check()
+        else:
+            changed = self._watch.light()
+            if changed is not None:
+                self._raise_stale(changed)
+        self._reads += n
+
+    # -- Dataset -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> Any:
+        self._guard(1)
+        if self.targets is None:
+            return self.features[index]
+        return self.features[index], self.targets[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        """Batched reads (``DataLoader`` calls this): one staleness check per batch."""
+        self._guard(len(indices))
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        feats = self.features[idx].unbind(0)
+        if self.targets is None:
+            return list(feats)
+        return list(zip(feats, self.targets[idx].unbind(0)))
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        where = f"path={str(self.path)!r}" if self.path is not None else "in memory"
+        shape = tuple(self.features.shape[1:])
+        tgt = "none" if self.targets is None else f"{tuple(self.targets.shape[1:])}"
+        return (
+            f"FeatureCache({len(self)} items, features {shape} {self.features.dtype}, "
+            f"targets {tgt}, {where}{', reused' if self.reused else ''})"
+        )
+
+    # -- pickling (DataLoader workers) ----------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_watch"] = None  # a weak reference to the body cannot travel
+        if self.path is not None:
+            state["features"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.features is None and self.path is not None:
+            self.features = _open_features(
+                self.path, json.loads((self.path / "meta.json").read_text())
+            )
+
+
+# ---------------------------------------------------------------------------
+# disk layout: <cache_dir>/<key>/{meta.json, features.bin, targets.safetensors}
+# ---------------------------------------------------------------------------
+
+
+def _open_features(folder: FsPath, meta: dict[str, Any]) -> torch.Tensor:
+    dtype = getattr(torch, meta["dtype"])
+    shape = [meta["n"], *meta["feature_shape"]]
+    numel = math.prod(shape)
+    file = folder / "features.bin"
+    expected = numel * torch.empty((), dtype=dtype).element_size()
+    if file.stat().st_size != expected:
+        raise OSError(f"{file} has {file.stat().st_size} bytes, expected {expected}")
+    return torch.from_file(str(file), shared=False, size=numel, dtype=dtype).view(shape)
+
+
+def _load(folder: FsPath, key: str) -> FeatureCache | None:
+    meta_file = folder / "meta.json"
+    if not meta_file.is_file():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format") != _FORMAT or meta.get("key") != key:
+            raise OSError("format or key mismatch")
+        features = _open_features(folder, meta)
+        targets = None
+        if meta["has_targets"]:
+            from safetensors.torch import load_file
+
+            targets = load_file(str(folder / "targets.safetensors"))["targets"]
+    except (OSError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+        warnings.warn(
+            f"the feature cache at {str(folder)!r} is incomplete or corrupt ({exc}); "
+            f"computing it again",
+            SurgeryWarning,
+            stacklevel=3,
+        )
+        return None
+    return FeatureCache(features, targets, path=folder, key=key, reused=True)
+
+
+class _Writer:
+    """Streams feature batches to a temporary folder, moved into place when complete."""
+
+    def __init__(self, cache_dir: FsPath, key: str) -> None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        self.final = cache_dir / key
+        self.tmp = FsPath(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+        self.fh = open(self.tmp / "features.bin", "wb")  # noqa: SIM115 (closed in finish/abort)
+        self.n = 0
+
+    def write(self, feats: torch.Tensor) -> None:
+        self.fh.write(_tensor_bytes(feats))
+        self.n += len(feats)
+
+    def finish(
+        self,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        targets: torch.Tensor | None,
+        meta: dict[str, Any],
+    ) -> FsPath:
+        self.fh.close()
+        if targets is not None:
+            from safetensors.torch import save_file
+
+            save_file({"targets": targets.contiguous()}, str(self.tmp / "targets.safetensors"))
+        meta.update(
+            format=_FORMAT,
+            n=self.n,
+            feature_shape=list(shape),
+            dtype=str(dtype).removeprefix("torch."),
+            has_targets=targets is not None,
+        )
+        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if self.final.exists():
+            shutil.rmtree(self.final, ignore_errors=True)
+        try:
+            os.replace(self.tmp, self.final)
+        except OSError:  # another process finished first: use ours from the temp name
+            return self.tmp
+        return self.final
+
+    def abort(self) -> None:
+        self.fh.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# precompute
+# ---------------------------------------------------------------------------
+
+
+def _map_style(ds: Any) -> bool:
+    return (
+        not isinstance(ds, IterableDataset)
+        and hasattr(ds, "__getitem__")
+        and hasattr(ds, "__len__")
+    )
+
+
+def _split(batch: Any, where: str) -> tuple[torch.Tensor, Any]:
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, (list, tuple)) and len(batch) in (1, 2):
+        x = batch[0]
+        y = batch[1] if len(batch) == 2 else None
+        if isinstance(x, torch.Tensor):
+            return x, y
+    kind = f"{type(batch).__name__}" + (
+        f" of {len(batch)}" if isinstance(batch, (list, tuple)) else ""
+    )
+    raise ArgumentError(
+        f"precompute expects {where} to be an input tensor or (input, target), got {kind}; "
+        f"wrap the data so that each item is (input, target) or the input alone"
+    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except Exception:
+        return True  # cannot tell: do not warn
+
+
+def _body_device(body: nn.Module) -> torch.device:
+    for t in (*body.parameters(), *body.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def precompute(
+    body: nn.Module,
+    data: Any,
+    *,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> FeatureCache:
+    """Run ``body`` once over ``data`` (eval mode, no grad) and keep its outputs.
+
+    Train the head on the returned :class:`FeatureCache` instead of running the
+    frozen body every epoch. ``body``'s train/eval modes (every submodule's) and
+    device are restored afterwards.
+
+    With ``cache_dir``, the features are written to ``cache_dir/<key>/`` and
+    memory-mapped (not held in RAM); ``key`` fingerprints the body (class,
+    structure, every weight) and the data (length and a sample of items), so a
+    later call with the same body and data reads them back without running the
+    body. Reading a cache after the body's weights changed raises
+    :class:`surgery.StaleCacheError`.
+
+    Args:
+        body: the frozen feature extractor; it must return one tensor.
+        data: a map-style ``Dataset`` (or tensor) of inputs or ``(input, target)``
+            items, or a ``DataLoader`` (whose own batching is used).
+        batch_size: batch size when ``data`` is not a ``DataLoader``.
+        cache_dir: a folder for features on disk; None keeps them in memory.
+        device: where to run the body; None means where its weights are.
+        progress: show a progress bar (tqdm) on runs longer than two seconds.
+
+    Returns:
+        A ``Dataset`` of ``(features, target)``, or features alone for unlabelled data.
+
+    Raises:
+        ArgumentError: a bad argument, empty data, items that are not ``input``
+            or ``(input, target)``, or a body that does not return one tensor.
+
+    Warns:
+        SurgeryWarning: two reads of the same item differ (random augmentation):
+            the cache freezes one draw.
+
+    Example:
+        >>> import torch, torchvision, surgery
+        >>> m = torchvision.models.resnet18(weights=None)
+        >>> m.fc = torch.nn.Identity()
+        >>> data = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32), torch.arange(8))
+        >>> cache = surgery.precompute(m, data, batch_size=4)
+        >>> features, target = cache[3]
+        >>> features.shape, int(target)
+        (torch.Size([512]), 3)
+        >>> with torch.no_grad():
+        ...     torch.allclose(features, m.eval()(data[3][0][None])[0], atol=1e-5)
+        True
+    """
+    if not isinstance(body, nn.Module):
+        raise ArgumentError(f"body must be an nn.Module, got {type(body).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
+    dataset: Any
+    if isinstance(data, DataLoader):
+        loader, dataset = data, data.dataset
+    elif _map_style(data) or isinstance(data, IterableDataset):
+        loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
+        dataset = data
+    else:
+        raise ArgumentError(
+            f"data must be a Dataset, a DataLoader or a tensor of inputs, got {type(data).__name__}"
+        )
+    sized = _map_style(dataset)
+    if sized and len(dataset) == 0:
+        raise ArgumentError("data is empty: there is nothing to precompute")
+    try:
+        run_device = torch.device(device) if device is not None else _body_device(body)
+    except (RuntimeError, TypeError) as exc:
+        raise ArgumentError(f"device {device!r} is not a torch device: {exc}") from None
+
+    first = None
+    if sized:
+        first = dataset[0]
+        _split(first, "each item")
+        if not _same(first, dataset[0]):
+            warnings.warn(
+                f"two reads of data[0] gave different inputs ({type(dataset).__name__} "
+                f"seems to apply random augmentation): the cache freezes one random draw "
+                f"per item (and, with cache_dir, is never reused). Precompute on "
+                f"un-augmented data, or train through the body to keep augmentation",
+                SurgeryWarning,
+                stacklevel=2,
+            )
+
+    key = ""
+    folder = None
+    if cache_dir is not None:
+        if not sized:
+            raise ArgumentError(
+                "cache_dir needs map-style data (a Dataset with __len__ and __getitem__) to "
+                "fingerprint it; drop cache_dir for an IterableDataset"
+            )
+        folder = FsPath(cache_dir)
+        if folder.exists() and not folder.is_dir():
+            raise ArgumentError(f"cache_dir {str(folder)!r} exists and is not a folder")
+        h = hashlib.blake2b(digest_size=12)
+        h.update(weights_fingerprint(body).encode())
+        h.update(data_fingerprint(dataset, first).encode())
+        if isinstance(data, DataLoader):
+            h.update(f"{type(data.sampler).__name__}:{len(data)}:{data.drop_last}".encode())
+        key = h.hexdigest()
+        cached = _load(folder / key, key)
+        if cached is not None:
+            cached._track(body)
+            return cached
+
+    cache = _run(body, loader, run_device, folder, key, progress)
+    cache._track(body)
+    return cache
+
+
+def _run(
+    body: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    folder: FsPath | None,
+    key: str,
+    progress: bool,
+) -> FeatureCache:
+    from tqdm import tqdm
+
+    home = _body_device(body)
+    moved = home != device
+    writer = _Writer(folder, key) if folder is not None else None
+    feats: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    labelled: bool | None = None
+    shape: tuple[int, ...] = ()
+    dtype = torch.float32
+    try:
+        total = len(loader)
+    except TypeError:
+        total = None
+    try:
+        if moved:
+            body.to(device)
+        with eval_mode(body), torch.no_grad():
+            bar = tqdm(
+                loader,
+                total=total,
+                disable=not progress,
+                delay=2.0,
+                desc="precompute",
+                unit="batch",
+                leave=False,
+            )
+            for batch in bar:
+                x, y = _split(batch, "each batch")
+                if labelled is None:
+                    labelled = y is not None
+                out = body(x.to(device, non_blocking=True))
+                if not isinstance(out, torch.Tensor):
+                    raise ArgumentError(
+                        f"body must return one tensor, got {type(out).__name__}; wrap it so "
+                        f"that it returns the features (e.g. nn.Sequential(body, nn.Flatten()) "
+                        f"or a module that picks one output)"
+                    )
+                out = out.detach().to("cpu")
+                if not shape:
+                    shape, dtype = tuple(out.shape[1:]), out.dtype
+                if y is not None:
+                    if not isinstance(y, torch.Tensor):
+                        raise ArgumentError(
+                            f"targets must collate to tensors (numbers or tensors), got "
+                            f"{type(y).__name__}"
+                        )
+                    targets.append(y.detach().to("cpu"))
+                if writer is not None:
+                    writer.write(out)
+                else:
+                    feats.append(out)
+            bar.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        if moved:
+            body.to(home)
+    if labelled is None:
+        raise ArgumentError("data is empty: there is nothing to precompute")
+    tgt = torch.cat(targets) if labelled else None
+    if writer is not None:
+        meta = {"key": key, "body": type(body).__name__}
+        path = writer.finish(shape, dtype, tgt, meta)
+        meta_read = json.loads((path / "meta.json").read_text())
+        return FeatureCache(_open_features(path, meta_read), tgt, path=path, key=key)
+    return FeatureCache(torch.cat(feats), tgt, key=key)
