@@ -61,12 +61,12 @@ def main() -> None:
         stats = surgery.verify(model, size, output_shape=(BATCH, 1000), total_params=expected)
         assert stats.total_params == expected and stats.output_size == (BATCH, 1000)
         anchor = _best(
-            lambda m=model: torchinfo.summary(m, size, device="cpu", verbose=0),
+            lambda m=model, size=size: torchinfo.summary(m, size, device="cpu", verbose=0),
             args.anchor_repeat,
         )
-        plain = _best(lambda m=model: _plain_meta_forward(m, size), args.repeat)
+        plain = _best(lambda m=model, size=size: _plain_meta_forward(m, size), args.repeat)
         ours = _best(
-            lambda m=model, n=expected: surgery.verify(
+            lambda m=model, n=expected, size=size: surgery.verify(
                 m, size, output_shape=(BATCH, 1000), total_params=n
             ),
             args.repeat,
@@ -78,7 +78,9 @@ def main() -> None:
             f"{'ok' if ratio >= GOAL else 'MISS':>6}"
         )
         print(f"{'':<12} (torchinfo / plain meta forward: {anchor / plain:.1f}x)")
-    print(f"geometric mean ratio: {statistics.geometric_mean(ratios):.1f}x (goal >= {GOAL:.0f}x each)")
+    print(
+        f"geometric mean ratio: {statistics.geometric_mean(ratios):.1f}x (goal >= {GOAL:.0f}x each)"
+    )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from ._tree import ModelTree, TreeRow, tree
 # -- compose (issue 3): take, cut, split, compose, replace_head, adapt_input, create_head,
 #    summary, verify
 from ._heads import adapt_input, create_head, replace_head
+from ._verify import summary, verify
 # -- end compose
 
 # -- freeze (issue 4): freeze, unfreeze, layer_groups, param_groups, freeze_to, precompute,
@@ -89,7 +90,9 @@ __all__ = [
     "replace",
     "replace_head",
     "save_state_dict",
+    "summary",
     "trainable",
     "tree",
     "unfreeze",
+    "verify",
 ]

@@ -310,10 +310,10 @@ class FeatureCache(Dataset):
         """Batched reads (``DataLoader`` calls this): one staleness check per batch."""
         self._guard(len(indices))
         idx = torch.as_tensor(indices, dtype=torch.long)
-        feats = self.features[idx].unbind(0)
+        feats = self.features.index_select(0, idx).unbind(0)
         if self.targets is None:
             return list(feats)
-        return list(zip(feats, self.targets[idx].unbind(0)))
+        return list(zip(feats, self.targets.index_select(0, idx).unbind(0)))
 
     def __iter__(self) -> Iterator[Any]:
         for i in range(len(self)):

@@ -167,21 +167,23 @@ def _producers(node: fx.Node, root: nn.Module) -> list[_Producer]:
             if any(True for _ in mod.parameters()):
                 found.setdefault(str(n.target), _Producer(str(n.target), mod, _describe(mod)))
                 continue
-        elif n.op in ("placeholder", "get_attr", "output"):
-            continue
-        elif n.op == "call_method" and n.target in _SHAPE_OPS:
-            continue
-        elif n.op == "call_function" and getattr(n.target, "__name__", "") == "getattr":
-            continue  # x.shape, x.dtype: metadata, not data
+        elif (
+            n.op in ("placeholder", "get_attr", "output")
+            or (n.op == "call_method" and n.target in _SHAPE_OPS)
+            or (n.op == "call_function" and getattr(n.target, "__name__", "") == "getattr")
+        ):
+            continue  # inputs, constants, x.size()/x.shape: metadata, not data
         if n.op in ("call_function", "call_method"):
             params = [
-                a for a in n.all_input_nodes
+                a
+                for a in n.all_input_nodes
                 if a.op == "get_attr" and isinstance(_attr(root, str(a.target)), nn.Parameter)
             ]
             if params:
                 name = getattr(n.target, "__name__", str(n.target))
                 found.setdefault(
-                    n.name, _Producer(n.name, None, f"{name}(...) using parameter {params[0].target!r}")
+                    n.name,
+                    _Producer(n.name, None, f"{name}(...) using parameter {params[0].target!r}"),
                 )
                 continue
         stack.extend(reversed(n.all_input_nodes))
@@ -285,11 +287,19 @@ def _new_head(old: nn.Module, num_classes: int, path: str) -> nn.Module:
                 f"the head {path!r} is a grouped convolution (groups={old.groups}): "
                 f"num_classes={num_classes} must be a multiple of {old.groups}"
             )
-        cls = next(c for c in _CONV if isinstance(old, c))
+        cls: Any = next(c for c in _CONV if isinstance(old, c))
         new = cls(
-            old.in_channels, num_classes, old.kernel_size, old.stride, old.padding,  # type: ignore[arg-type]
-            old.dilation, old.groups, old.bias is not None, old.padding_mode,  # type: ignore[arg-type]
-            device=device, dtype=dtype,
+            old.in_channels,
+            num_classes,
+            old.kernel_size,
+            old.stride,
+            old.padding,
+            old.dilation,
+            old.groups,
+            old.bias is not None,
+            old.padding_mode,
+            device=device,
+            dtype=dtype,
         )
     else:
         raise ArgumentError(
@@ -301,7 +311,7 @@ def _new_head(old: nn.Module, num_classes: int, path: str) -> nn.Module:
 
 
 def _explicit_heads(model: nn.Module, paths: list[str]) -> list[tuple[str, nn.Module]]:
-    out = []
+    out: list[tuple[str, nn.Module]] = []
     for p in paths:
         target = resolve(model, p)
         if target.parent is None or target.is_slice:
@@ -317,7 +327,9 @@ def _explicit_heads(model: nn.Module, paths: list[str]) -> list[tuple[str, nn.Mo
     return out
 
 
-def replace_head(model: nn.Module, num_classes: int, *, path: str | Sequence[str] | None = None) -> nn.Module:
+def replace_head(
+    model: nn.Module, num_classes: int, *, path: str | Sequence[str] | None = None
+) -> nn.Module:
     """Replace the classifier of ``model`` by a fresh one with ``num_classes`` outputs, in place.
 
     The head is found in this order: ``path=`` (one path or a list; a container
@@ -387,11 +399,15 @@ def replace_head(model: nn.Module, num_classes: int, *, path: str | Sequence[str
     plan = [(name, old, _new_head(old, num_classes, name)) for name, old in heads]
     for _name, old, new in plan:
         _set(model, old, new)
-    if isinstance(getattr(model, "num_classes", None), int) and not isinstance(model.num_classes, bool):
-        model.num_classes = num_classes
+    current = getattr(model, "num_classes", None)
+    if isinstance(current, int) and not isinstance(current, bool):
+        model.num_classes = num_classes  # type: ignore[assignment]
     _log.info(
         "replace_head(%s): %s found by %s -> %d classes",
-        type(model).__name__, ", ".join(f"{n!r} ({_describe(o)})" for n, o, _ in plan), how, num_classes,
+        type(model).__name__,
+        ", ".join(f"{n!r} ({_describe(o)})" for n, o, _ in plan),
+        how,
+        num_classes,
     )
     return model
 
@@ -400,8 +416,10 @@ def _reset_declared(model: nn.Module, num_classes: int, declared: list[str]) -> 
     """Let a timm model re-head itself, then match the old heads' device and dtype."""
     old = {p: resolve(model, p).module for p in declared}
     where = {p: _where(m) for p, m in old.items()}
-    saved = [(m, dict(m.__dict__), dict(m._modules), dict(m._parameters), dict(m._buffers))
-             for m in model.modules()]
+    saved = [
+        (m, dict(m.__dict__), dict(m._modules), dict(m._parameters), dict(m._buffers))
+        for m in model.modules()
+    ]
     try:
         model.reset_classifier(num_classes)  # type: ignore[operator]
         for p in declared:
@@ -422,7 +440,9 @@ def _reset_declared(model: nn.Module, num_classes: int, declared: list[str]) -> 
     _log.info(
         "replace_head(%s): %s declared by pretrained_cfg['classifier'], re-headed by its "
         "reset_classifier -> %d classes",
-        type(model).__name__, ", ".join(map(repr, declared)), num_classes,
+        type(model).__name__,
+        ", ".join(map(repr, declared)),
+        num_classes,
     )
     return model
 
@@ -577,7 +597,10 @@ def adapt_input(model: nn.Module, in_channels: int, *, path: str | None = None) 
             setattr(model, attr, in_channels)
     _log.info(
         "adapt_input(%s): %s found by %s -> %d input channels",
-        type(model).__name__, ", ".join(map(repr, paths)), how, in_channels,
+        type(model).__name__,
+        ", ".join(map(repr, paths)),
+        how,
+        in_channels,
     )
     return model
 

@@ -305,8 +305,12 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-def _owner(root: nn.Module, rel_key: str) -> tuple[nn.Module, str]:
+def _owner(
+    root: nn.Module, rel_key: str, modules: Mapping[str, nn.Module] | None = None
+) -> tuple[nn.Module, str]:
     mod_path, _, name = rel_key.rpartition(".")
+    if modules is not None and mod_path in modules:  # named_modules(), built once per plan
+        return modules[mod_path], name
     return (root.get_submodule(mod_path) if mod_path else root), name
 
 
@@ -417,6 +421,7 @@ def _plan(
     root = target.module
     prefix = target.container_name if target.is_slice else target.name
     model_sd = root.state_dict(keep_vars=True)
+    modules = dict(root.named_modules(remove_duplicate=False))
     model_tensors = {k: v for k, v in model_sd.items() if isinstance(v, torch.Tensor)}
     # tied tensors: one object under several keys
     groups: dict[int, list[str]] = {}
@@ -473,13 +478,13 @@ def _plan(
                     f"{_dtype_name(tensor.dtype)}: {vp}"
                 )
                 continue
-        owner, name = _owner(root, first_key)
+        owner, name = _owner(root, first_key, modules)
         order = [first_key] + [k for k in group if k != first_key]
         items.append(
             _Item([_join(prefix, k) for k in order], first_ckpt, tensor, info, owner, name)
         )
         if tensor.is_meta:
-            items[-1].owners = [_owner(root, k) for k in order]
+            items[-1].owners = [_owner(root, k, modules) for k in order]
         for k in order:
             full = _join(prefix, k)
             report.loaded.append(full)
@@ -662,16 +667,19 @@ def _stage_meta(
     """Values for the targets on meta: read without a copy when the dtype matches."""
     staged = []
     current = "?"
+    seen: set[tuple[int, int]] = set()  # memory already given to another target
     try:
         for it in plan.items:
             if not it.target.is_meta:
                 continue
             current = it.model_keys[0]
             value = read_for(source, it.ckpt_key, it.target).detach()
+            where = (value.data_ptr(), value.nbytes)
             if value.dtype != it.target.dtype:
                 value = value.to(it.target.dtype)
-            elif plan.copy_meta:
-                value = value.clone()
+            elif plan.copy_meta or (value.nbytes and where in seen):
+                value = value.clone()  # never tie tensors the model keeps apart
+            seen.add(where)
             staged.append((it.owners, it.target, value))
         for init in plan.inits:
             current = init.module_name or "(root)"

@@ -222,7 +222,9 @@ class _MetaClone:
         twin = self._twin
         d["_parameters"] = {k: twin(p, True) for k, p in m._parameters.items()}
         d["_buffers"] = {k: twin(b, False) for k, b in m._buffers.items()}
-        d["_modules"] = {k: (self.copy(c) if c is not None else None) for k, c in m._modules.items()}
+        d["_modules"] = {
+            k: (self.copy(c) if c is not None else None) for k, c in m._modules.items()
+        }
         d["training"] = False
         object.__setattr__(new, "__dict__", d)
         # shape shortcuts, on the copy only: norms keep shapes, repeats fill the cache
@@ -290,12 +292,13 @@ def _norm_forward(m: nn.Module, forward: Callable[..., Any]) -> Callable[..., An
             check = getattr(m, "_check_input_dim", None)
             if check is not None:
                 check(x)
+            channels: Any
             if isinstance(m, nn.GroupNorm):
                 channels = m.num_channels
             elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                 channels = m.num_features
             else:
-                channels = m.weight.shape[0]  # type: ignore[union-attr,index]
+                channels = m.weight.shape[0]  # type: ignore[union-attr,index,unused-ignore]
             ok = x.dim() >= 2 and x.shape[1] == channels
         if not ok:
             return forward(x)
@@ -305,7 +308,9 @@ def _norm_forward(m: nn.Module, forward: Callable[..., Any]) -> Callable[..., An
 
 
 def _cached_forward(
-    forward: Callable[..., Any], sid: int, cache: dict[tuple[Any, ...], tuple[torch.Size, torch.dtype]]
+    forward: Callable[..., Any],
+    sid: int,
+    cache: dict[tuple[Any, ...], tuple[torch.Size, torch.dtype]],
 ) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
@@ -512,9 +517,7 @@ def verify(
         ("trainable_params", want_trainable, trainable),
     ):
         if want is not None and want != got:
-            failures.append(
-                f"{name}: expected {want:,}, got {got:,} (difference {got - want:+,})"
-            )
+            failures.append(f"{name}: expected {want:,}, got {got:,} (difference {got - want:+,})")
     if failures:
         shown = sizes[0] if len(sizes) == 1 else sizes
         noun = "failed expectation" if len(failures) == 1 else "failed expectations"

@@ -22,8 +22,18 @@ def ssl_ckpt(tmp_path_factory) -> str:
 
 
 def test_plan_text(ssl_ckpt, capsys) -> None:
-    rc = main(["plan", ssl_ckpt, "--into", "torchvision:resnet18", "--rename", "backbone.=",
-               "--exclude", "backbone.fc"])
+    rc = main(
+        [
+            "plan",
+            ssl_ckpt,
+            "--into",
+            "torchvision:resnet18",
+            "--rename",
+            "backbone.=",
+            "--exclude",
+            "backbone.fc",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert out.startswith(f"LoadReport from {ssl_ckpt} ['model']: would load 120, missing 2")
@@ -31,8 +41,19 @@ def test_plan_text(ssl_ckpt, capsys) -> None:
 
 
 def test_plan_json(ssl_ckpt, capsys) -> None:
-    rc = main(["plan", ssl_ckpt, "--into", "torchvision:resnet18", "--rename", "backbone.=",
-               "--include", "backbone.layer4", "--json"])
+    rc = main(
+        [
+            "plan",
+            ssl_ckpt,
+            "--into",
+            "torchvision:resnet18",
+            "--rename",
+            "backbone.=",
+            "--include",
+            "backbone.layer4",
+            "--json",
+        ]
+    )
     data = json.loads(capsys.readouterr().out)
     assert rc == 0 and len(data["loaded"]) == 30 and data["dry_run"] is True
     assert data["renamed"]["layer4.0.conv1.weight"] == "backbone.layer4.0.conv1.weight"

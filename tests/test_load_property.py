@@ -36,9 +36,7 @@ def scenarios(draw):
     g = torch.Generator().manual_seed(seed)
     prefix = draw(st.sampled_from(["", "", "module.", "backbone."]))
     for k, v in model.state_dict().items():
-        action = draw(
-            st.sampled_from(["keep"] * 8 + ["drop", "drop", "shape", "dtype", "big"])
-        )
+        action = draw(st.sampled_from(["keep"] * 8 + ["drop", "drop", "shape", "dtype", "big"]))
         if action == "drop":
             continue
         shape = tuple(v.shape)
@@ -46,7 +44,9 @@ def scenarios(draw):
             shape = (*shape[:-1], shape[-1] + 1) if shape else (2,)
         if v.is_floating_point():
             dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16]))
-            value = torch.randn(shape, generator=g).to(dtype if action == "dtype" else torch.float32)
+            value = torch.randn(shape, generator=g).to(
+                dtype if action == "dtype" else torch.float32
+            )
             if action == "big":
                 value = value * 1e5
         else:
@@ -71,8 +71,12 @@ def scenarios(draw):
     )
     if prefix and draw(st.integers(0, 3)):  # mostly the right fix for the prefix
         rename = draw(st.sampled_from([{prefix: ""}, [(rf"^{prefix[:-1]}\.", "")]]))
-    include = draw(st.sampled_from([None, None, "**.weight", f"{prefix}body", ["re:.*embed.*", "**.bias"]]))
-    exclude = draw(st.sampled_from([None, None, "**.num_batches_tracked", f"{prefix}out"]))
+    include = draw(
+        st.sampled_from(
+            [None, None, None, None, "**.weight", f"{prefix}body", ["re:.*embed.*", "**.bias"]]
+        )
+    )
+    exclude = draw(st.sampled_from([None, None, None, "**.num_batches_tracked", f"{prefix}out"]))
     options = {
         "strict": draw(st.integers(0, 3)) == 0,
         "on_mismatch": draw(st.sampled_from(["error", "skip"])),

@@ -51,7 +51,7 @@ def test_ties_saved_once_and_restored(tmp_path) -> None:
     m = Tied()
     path = save_state_dict(m, tmp_path / "tied.safetensors")
     with safe_open(path, framework="pt") as f:
-        assert "out.weight" not in f.keys()
+        assert "out.weight" not in list(f.keys())
         assert json.loads(f.metadata()["surgery.aliases"]) == {"out.weight": "embed.weight"}
     fresh = Tied()
     report = load_partial(path, into=fresh, strict=True)
@@ -101,8 +101,15 @@ def test_one_tensor_larger_than_the_limit(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("2GB", 2 * 10**9), ("10MB", 10**7), ("1GiB", 2**30), ("512KiB", 2**19), (1234, 1234),
-     ("1.5GB", 1_500_000_000), ("100", 100)],
+    [
+        ("2GB", 2 * 10**9),
+        ("10MB", 10**7),
+        ("1GiB", 2**30),
+        ("512KiB", 2**19),
+        (1234, 1234),
+        ("1.5GB", 1_500_000_000),
+        ("100", 100),
+    ],
 )
 def test_parse_size(text, value: int) -> None:
     assert parse_size(text) == value
@@ -117,9 +124,9 @@ def test_parse_size_rejects(bad) -> None:
 def test_save_rejects_non_tensors_meta_and_bad_format(tmp_path) -> None:
     with pytest.raises(LoadError, match="non-tensor values: 'step'"):
         save_state_dict({"w": torch.ones(1), "step": 3}, tmp_path / "a.safetensors")
-    with pytest.raises(LoadError, match="'w'.*meta device"):
+    with pytest.raises(LoadError, match=r"'w'.*meta device"):
         save_state_dict({"w": torch.ones(1, device="meta")}, tmp_path / "a.safetensors")
-    with pytest.raises(ArgumentError, match="expected an nn.Module or a mapping"):
+    with pytest.raises(ArgumentError, match=r"expected an nn\.Module or a mapping"):
         save_state_dict([torch.ones(1)], tmp_path / "a.safetensors")  # type: ignore[arg-type]
     assert not os.path.exists(tmp_path / "a.safetensors")
 

@@ -282,3 +282,17 @@ def test_pickle_payload_in_a_bin_shard_never_runs(tmp_path: Path) -> None:
     ):
         src.read("a")
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_layer_ranges_recipe_runs() -> None:
+    """recipes/layer_ranges.py checks itself and exits non-zero on a failed check."""
+    import subprocess
+    import sys
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "layer_ranges.py"
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(recipe)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "layer_ranges: all 12 checks passed" in done.stdout
