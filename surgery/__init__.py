@@ -34,6 +34,8 @@ from ._tree import ModelTree, TreeRow, tree
 
 # -- compose (issue 3): take, cut, split, compose, replace_head, adapt_input, create_head,
 #    summary, verify
+from ._compose import compose, take
+from ._cut import cut, split
 from ._heads import adapt_input, create_head, replace_head
 from ._verify import summary, verify
 # -- end compose
@@ -75,7 +77,9 @@ __all__ = [
     "TreeRow",
     "VerificationError",
     "adapt_input",
+    "compose",
     "create_head",
+    "cut",
     "delete",
     "find",
     "freeze",
@@ -90,7 +94,9 @@ __all__ = [
     "replace",
     "replace_head",
     "save_state_dict",
+    "split",
     "summary",
+    "take",
     "trainable",
     "tree",
     "unfreeze",

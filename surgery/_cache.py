@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from ._errors import ArgumentError, StaleCacheError, SurgeryWarning
 from ._meta import eval_mode
 
-__all__ = ["FeatureCache", "data_fingerprint", "precompute", "weights_fingerprint"]
+__all__ = ["Batches", "FeatureCache", "data_fingerprint", "precompute", "weights_fingerprint"]
 
 _FORMAT = 1
 _SAMPLE_ITEMS = 16  # items hashed for the data fingerprint (all of them below this)
@@ -141,6 +141,26 @@ def _sample(t: torch.Tensor) -> torch.Tensor:
     return picked.to(torch.float64)
 
 
+def _values(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """A cheap digest of the tensors' values, as one float64 CPU tensor.
+
+    On accelerators, the norm of every floating tensor (``torch._foreach_norm``,
+    a handful of fused kernels and one copy); on the CPU, 8 strided elements
+    of each tensor.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        if t.device.type != "meta":
+            groups.setdefault((t.device, t.dtype), []).append(t.detach())
+    parts = []
+    for (dev, dtype), ts in groups.items():
+        if dev.type != "cpu" and dtype.is_floating_point:
+            parts.append(torch.stack(torch._foreach_norm(ts)).to("cpu", torch.float64))
+        else:
+            parts.append(torch.cat([_sample(t) for t in ts]).cpu())
+    return torch.cat(parts) if parts else None
+
+
 class _Watch:
     """What the body looked like when the features were computed."""
 
@@ -159,9 +179,7 @@ class _Watch:
             (n, id(t), t.data_ptr() if t.device.type != "meta" else 0, tuple(t.shape))
             for n, t in state
         ]
-        real = [t for _, t in state if t.device.type != "meta"]
-        values = torch.cat([_sample(t).cpu() for t in real]) if real else None
-        return keys, values
+        return keys, _values([t for _, t in state])
 
     def light(self) -> str | None:
         """The name of a tensor whose version changed, or None."""
@@ -319,6 +337,32 @@ class FeatureCache(Dataset):
         for i in range(len(self)):
             yield self[i]
 
+    def loader(
+        self,
+        batch_size: int = 64,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        device: str | torch.device | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Batches:
+        """Batches straight from the feature tensor: a faster ``DataLoader`` for heads.
+
+        No per-item work: each batch is one ``index_select``, and with ``device``
+        the whole cache is copied there once (keep it on the CPU when it does not
+        fit). Iterate it once per epoch; ``shuffle`` draws a new order each time.
+        Staleness is checked once per batch, as through a ``DataLoader``.
+
+        Example:
+            >>> import torch, surgery
+            >>> cache = surgery.FeatureCache(torch.randn(10, 4), torch.arange(10))
+            >>> [len(y) for _, y in cache.loader(4, shuffle=True)]
+            [4, 4, 2]
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
+        return Batches(self, batch_size, shuffle, drop_last, device, generator)
+
     def __repr__(self) -> str:
         where = f"path={str(self.path)!r}" if self.path is not None else "in memory"
         shape = tuple(self.features.shape[1:])
@@ -343,6 +387,47 @@ class FeatureCache(Dataset):
             self.features = _open_features(
                 self.path, json.loads((self.path / "meta.json").read_text())
             )
+
+
+class Batches:
+    """What :meth:`FeatureCache.loader` returns: iterate it once per epoch."""
+
+    def __init__(
+        self,
+        cache: FeatureCache,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        device: str | torch.device | None,
+        generator: torch.Generator | None,
+    ) -> None:
+        self.cache = cache
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.generator = generator
+        dev = torch.device(device) if device is not None else cache.features.device
+        self.features = cache.features.to(dev)
+        self.targets = cache.targets.to(dev) if cache.targets is not None else None
+
+    def __len__(self) -> int:
+        n = len(self.cache)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[Any]:
+        n = len(self.cache)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(self.features.device)
+        else:
+            order = torch.arange(n, device=self.features.device)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            self.cache._guard(len(idx))
+            feats = self.features.index_select(0, idx)
+            if self.targets is None:
+                yield feats
+            else:
+                yield feats, self.targets.index_select(0, idx)
 
 
 # ---------------------------------------------------------------------------

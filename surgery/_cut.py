@@ -39,7 +39,16 @@ from torch import nn
 from ._errors import ArgumentError, PathError, SurgeryError, TraceError
 from ._graph import resolve
 
-__all__ = ["Traced", "copy_objects", "cut", "split", "split_points", "trace", "trace_model"]
+__all__ = [
+    "Traced",
+    "copy_objects",
+    "cut",
+    "split",
+    "split_points",
+    "trace",
+    "trace_model",
+    "with_prefix",
+]
 
 _MAX_RETRIES = 32
 
@@ -181,10 +190,12 @@ def trace_model(model: nn.Module) -> Traced:
             path = tracer.failed
             reason = _reason(tracer.failure if tracer.failure is not None else e)
             if not path or path in opaque:
-                raise TraceError(
+                err = TraceError(
                     f"torch.fx cannot trace {type(model).__name__}.forward ({reason}); the "
                     f"problem is in the model's own forward, outside every submodule"
-                ) from None
+                )
+                err.in_forward = True  # type: ignore[attr-defined]
+                raise err from None
             opaque[path] = reason
             continue
         finally:
@@ -305,7 +316,7 @@ def _cut_structure(t: Traced, model: nn.Module, path: str) -> tuple[str, Any]:
     raise PathError(
         f"cannot cut at {name!r} ({type(mod).__name__}): {type(model).__name__}.forward never "
         f"calls it (in {mode} mode){hint}\n"
-        f"  list valid cut points with surgery.testing.cut_points or surgery._cut.split_points(model)"
+        f"  list valid cut points with surgery.testing.split_points(model)"
     )
 
 
@@ -560,18 +571,24 @@ def _check_copy(copy: object) -> None:
         raise ArgumentError(f"copy must be True or False, got {copy!r}")
 
 
+def with_prefix(e: SurgeryError, prefix: str, suffix: str = "") -> SurgeryError:
+    """A copy of ``e`` (same class and attributes) whose message is ``prefix + msg + suffix``."""
+    new = type(e).__new__(type(e))
+    new.__dict__.update(e.__dict__)
+    msg = str(e)
+    new.args = (prefix + msg + suffix,)
+    return new
+
+
 def _context(op: str, model: nn.Module, path: object, e: SurgeryError) -> SurgeryError:
     """Re-raise ``e`` with the operation, model class and path in front, once."""
     head = f"{op}({type(model).__name__}, {str(path)!r}): "
-    msg = str(e)
-    if msg.startswith(head):
+    if str(e).startswith(head):
         return e
-    if isinstance(e, TraceError) and "try:" not in msg:
-        msg += "\n" + _TRY.format(path=str(path))
-    new = type(e).__new__(type(e))
-    new.args = (head + msg,)
-    new.__dict__.update(e.__dict__)
-    return new
+    hint = ""
+    if getattr(e, "in_forward", False):
+        hint = "\n" + _TRY.format(path=str(path))
+    return with_prefix(e, head, hint)
 
 
 def cut(model: nn.Module, path: str, *, copy: bool = True) -> nn.Module:

@@ -94,6 +94,10 @@ def _where(module: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.get_default_dtype()
 
 
+def _has_tensors(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
 def _declared(model: nn.Module, key: str) -> list[str]:
     """Paths the model declares in timm's ``pretrained_cfg`` (or ``default_cfg``)."""
     for attr in ("pretrained_cfg", "default_cfg"):
@@ -301,6 +305,12 @@ def _new_head(old: nn.Module, num_classes: int, path: str) -> nn.Module:
             device=device,
             dtype=dtype,
         )
+    elif isinstance(old, nn.Identity):
+        raise ArgumentError(
+            f"cannot re-head {path!r}: it is an Identity (the head was removed), so the number "
+            f"of input features is unknown.\n  put a head there yourself: "
+            f"surgery.replace(model, {path!r}, nn.Linear(in_features, {num_classes}))"
+        )
     else:
         raise ArgumentError(
             f"cannot re-head {path!r}: it is a {type(old).__name__}; path= must name a Linear or "
@@ -389,7 +399,8 @@ def replace_head(
     if paths is None:
         declared = [p for p in _declared(model, "classifier") if _resolves(model, p)]
         if declared and callable(getattr(model, "reset_classifier", None)):
-            return _reset_declared(model, num_classes, declared)
+            if _reset_declared(model, num_classes, declared):
+                return model
         if declared:
             paths, how = declared, "pretrained_cfg['classifier']"
         else:
@@ -412,10 +423,15 @@ def replace_head(
     return model
 
 
-def _reset_declared(model: nn.Module, num_classes: int, declared: list[str]) -> nn.Module:
-    """Let a timm model re-head itself, then match the old heads' device and dtype."""
+def _reset_declared(model: nn.Module, num_classes: int, declared: list[str]) -> bool:
+    """Let a timm model re-head itself, then match the old heads' device and dtype.
+
+    Returns False (the model restored as it was) when ``reset_classifier`` fails:
+    the declared heads are then replaced like any other.
+    """
     old = {p: resolve(model, p).module for p in declared}
-    where = {p: _where(m) for p, m in old.items()}
+    # an Identity head (a headless model) has no tensors: the model's own device and dtype
+    where = {p: _where(m if _has_tensors(m) else model) for p, m in old.items()}
     saved = [
         (m, dict(m.__dict__), dict(m._modules), dict(m._parameters), dict(m._buffers))
         for m in model.modules()
@@ -424,7 +440,7 @@ def _reset_declared(model: nn.Module, num_classes: int, declared: list[str]) -> 
         model.reset_classifier(num_classes)  # type: ignore[operator]
         for p in declared:
             new = resolve(model, p).module
-            if any(True for _ in new.parameters()) or any(True for _ in new.buffers()):
+            if _has_tensors(new) and _where(new) != where[p]:
                 device, dtype = where[p]
                 new.to(device=device, dtype=dtype)
     except Exception as e:
@@ -432,11 +448,16 @@ def _reset_declared(model: nn.Module, num_classes: int, declared: list[str]) -> 
             m.__dict__.clear()
             m.__dict__.update(d)
             m._modules, m._parameters, m._buffers = mods, params, bufs  # type: ignore[assignment]
-        raise SurgeryError(
-            f"{type(model).__name__}.reset_classifier({num_classes}) failed ({type(e).__name__}: "
-            f"{e}); the model is unchanged.\n  pass the head explicitly: "
-            f"surgery.replace_head(model, {num_classes}, path={declared[0]!r})"
-        ) from e
+        _log.warning(
+            "replace_head(%s): its reset_classifier(%d) failed (%s: %s); replacing the declared "
+            "heads %s directly",
+            type(model).__name__,
+            num_classes,
+            type(e).__name__,
+            str(e).splitlines()[0] if str(e) else "",
+            ", ".join(map(repr, declared)),
+        )
+        return False
     _log.info(
         "replace_head(%s): %s declared by pretrained_cfg['classifier'], re-headed by its "
         "reset_classifier -> %d classes",
@@ -444,7 +465,7 @@ def _reset_declared(model: nn.Module, num_classes: int, declared: list[str]) -> 
         ", ".join(map(repr, declared)),
         num_classes,
     )
-    return model
+    return True
 
 
 # ----------------------------------------------------------------------------- adapt_input

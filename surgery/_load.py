@@ -127,7 +127,9 @@ class LoadReport:
             f"cast {len(self.cast)}, renamed {len(self.renamed)}"
         ]
         if self.loaded:
-            lines.append(f"  {verb} ({len(self.loaded)}): {_quoted(self.loaded, _MAX_LOADED_SHOWN)}")
+            lines.append(
+                f"  {verb} ({len(self.loaded)}): {_quoted(self.loaded, _MAX_LOADED_SHOWN)}"
+            )
         if self.missing:
             lines.append(f"  missing ({len(self.missing)}): {_quoted(self.missing)}")
         if self.unexpected:
@@ -263,7 +265,9 @@ def _value_problem(value: torch.Tensor, dst: torch.dtype) -> str | None:
         return None
     if _kind(dst) >= 2 and value.numel():
         converted = value.to(dst)
-        src_finite = torch.isfinite(value) if value.is_floating_point() or value.is_complex() else None
+        src_finite = (
+            torch.isfinite(value) if value.is_floating_point() or value.is_complex() else None
+        )
         bad = ~torch.isfinite(converted)
         if src_finite is not None:
             bad &= src_finite
@@ -320,10 +324,16 @@ def _listing(title: str, entries: Sequence[str]) -> str:
     return title + "".join(f"\n    {e}" for e in shown) + more
 
 
-def _zero_hint(targets: list[str], model_keys: set[str]) -> str:
-    """A rename/at hint when no checkpoint key matches a model key."""
+def _zero_hint(targets: list[str], model_keys: set[str], renamed: bool = False) -> str:
+    """A rename/at hint when no checkpoint key matches a model key.
+
+    ``targets`` are the keys after renaming (``renamed``: the rules changed some).
+    """
     if not targets or not model_keys:
         return ""
+    if renamed:
+        hint = _zero_hint(targets, model_keys)
+        return f"after renaming, {hint} (adjust rename=)" if hint else ""
     firsts = {k.split(".", 1)[0] for k in targets}
     if len(firsts) == 1 and all("." in k for k in targets):
         p = next(iter(firsts))
@@ -343,8 +353,7 @@ def _zero_hint(targets: list[str], model_keys: set[str]) -> str:
     if best:
         q, n = max(best.items(), key=lambda kv: kv[1])
         return (
-            f"{n} checkpoint keys match model keys under '{q}': at='{q}' "
-            f"(or rename={{'': '{q}.'}})"
+            f"{n} checkpoint keys match model keys under '{q}': at='{q}' (or rename={{'': '{q}.'}})"
         )
     # part of the checkpoint has an extra leading segment
     counts: dict[str, int] = {}
@@ -468,8 +477,10 @@ def _plan(
                         f"{_join(prefix, first_key)!r} and {_join(prefix, k)!r} are one tied "
                         f"tensor, but checkpoint keys {first_ckpt!r} and {ck!r} differ"
                     )
-        if info.dtype != tensor.dtype and casting == "same_kind" and not _safe_cast(
-            info.dtype, tensor.dtype
+        if (
+            info.dtype != tensor.dtype
+            and casting == "same_kind"
+            and not _safe_cast(info.dtype, tensor.dtype)
         ):
             vp = _value_problem(source.read(first_ckpt), tensor.dtype)
             if vp:
@@ -514,7 +525,9 @@ def _plan(
             )
         )
     if tie_errors:
-        raise LoadError(_listing("tied parameters would be untied; nothing was loaded:", tie_errors))
+        raise LoadError(
+            _listing("tied parameters would be untied; nothing was loaded:", tie_errors)
+        )
     report.mismatched = mismatched
     loaded_rel = {k for it in items for k in it.model_keys}
     report.missing = [
@@ -526,7 +539,9 @@ def _plan(
     report.unused_rules = rules.unused()
     if not items:
         targets = list(key_map)
-        hint = _zero_hint(targets, set(model_tensors))
+        hint = _zero_hint(
+            targets, set(model_tensors), any(new != ck for new, ck in key_map.items())
+        )
         what = f"{len(selected)} selected checkpoint key(s)"
         if mismatched:
             what += f" ({len(mismatched)} skipped for shape mismatch)"
@@ -541,10 +556,15 @@ def _plan(
     if strict and (report.missing or report.unexpected):
         parts = []
         if report.missing:
-            parts.append(_listing(f"  missing ({len(report.missing)}):", [repr(k) for k in report.missing]))
+            parts.append(
+                _listing(f"  missing ({len(report.missing)}):", [repr(k) for k in report.missing])
+            )
         if report.unexpected:
             parts.append(
-                _listing(f"  unexpected ({len(report.unexpected)}):", [repr(k) for k in report.unexpected])
+                _listing(
+                    f"  unexpected ({len(report.unexpected)}):",
+                    [repr(k) for k in report.unexpected],
+                )
             )
         raise LoadError(
             f"strict=True: every model key{where} must be loaded and every selected checkpoint "
@@ -568,9 +588,7 @@ def _plan_meta(
         LoadError: names the tensors (without ``init_missing``) or the modules
             that have no initializer.
     """
-    still = {
-        k: t for k, t in model_tensors.items() if t.is_meta and _join(prefix, k) not in loaded
-    }
+    still = {k: t for k, t in model_tensors.items() if t.is_meta and _join(prefix, k) not in loaded}
     if not still:
         return []
     keys = [repr(_join(prefix, k)) for k in still]
@@ -720,7 +738,9 @@ def _write(items: list[_Item], source: TensorSource, *, transactional: bool) -> 
             for it in swap:
                 current = it
                 new = torch.empty_strided(
-                    it.target.shape, it.target.stride(), dtype=it.target.dtype,
+                    it.target.shape,
+                    it.target.stride(),
+                    dtype=it.target.dtype,
                     device=it.target.device,
                 )
                 new.copy_(source.read(it.ckpt_key))
@@ -749,7 +769,12 @@ def _write(items: list[_Item], source: TensorSource, *, transactional: bool) -> 
 
 
 def _check_args(
-    into: Any, at: Any, strict: Any, on_mismatch: Any, casting: Any, dry_run: Any,
+    into: Any,
+    at: Any,
+    strict: Any,
+    on_mismatch: Any,
+    casting: Any,
+    dry_run: Any,
     transactional: Any,
     init_missing: Any = False,
 ) -> None:
@@ -762,7 +787,9 @@ def _check_args(
     if on_mismatch not in ("error", "skip"):
         raise ArgumentError(f"on_mismatch must be 'error' or 'skip', got {on_mismatch!r}")
     if casting not in CASTING:
-        raise ArgumentError(f"casting must be one of {', '.join(map(repr, CASTING))}, got {casting!r}")
+        raise ArgumentError(
+            f"casting must be one of {', '.join(map(repr, CASTING))}, got {casting!r}"
+        )
     for name, value in (
         ("strict", strict),
         ("dry_run", dry_run),
@@ -881,8 +908,16 @@ def load_partial(
             keep_open = True
             return StateDictView(src, key_map, rules.unused())
         plan = _plan(
-            src, into, at, key_map, selected, rules,
-            strict=strict, on_mismatch=on_mismatch, casting=casting, init_missing=init_missing,
+            src,
+            into,
+            at,
+            key_map,
+            selected,
+            rules,
+            strict=strict,
+            on_mismatch=on_mismatch,
+            casting=casting,
+            init_missing=init_missing,
         )
         plan.report.dry_run = dry_run
         plan.copy_meta = isinstance(source, nn.Module)

@@ -6,7 +6,7 @@ when it matches the key itself *or one of its module prefixes*, so a module
 path selects everything under it::
 
     include="backbone"            backbone.conv1.weight, backbone.layer1.0.bn1.running_mean, ...
-    include="layer[1:3]"          layer1.* and layer2.* (slices of numbered segments too)
+    include="blocks[1:3]"         blocks.1.* and blocks.2.* (slices of numbered segments)
     include="layer*.*.bn?"        every tensor of those BatchNorms
     exclude="**.num_batches_tracked"
     include="re:.*\\.weight"      re.fullmatch on the key (or a prefix)

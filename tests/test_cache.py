@@ -207,7 +207,10 @@ def test_stale_after_optimizer_step(body: Counting, data: TensorDataset) -> None
     opt = torch.optim.AdamW(body.parameters(), lr=1e-3, weight_decay=0.1)
     body.train()(data.tensors[0][:4]).sum().backward()
     opt.step()
-    with pytest.raises(surgery.StaleCacheError, match=r"(?s)FeatureCache in memory is stale: the Counting's 'net\.\d\.\w+' changed.*surgery\.precompute"):
+    with pytest.raises(
+        surgery.StaleCacheError,
+        match=r"(?s)FeatureCache in memory is stale: the Counting's 'net\.\d\.\w+' changed.*surgery\.precompute",
+    ):
         cache[1]
     with pytest.raises(surgery.StaleCacheError):
         next(iter(DataLoader(cache, batch_size=4)))
@@ -232,14 +235,18 @@ def test_stale_after_running_statistics_change(body: Counting, data: TensorDatas
     cache = surgery.precompute(body, data, progress=False)
     with torch.no_grad():
         body.train()(data.tensors[0][:8])  # BN statistics move
-    with pytest.raises(surgery.StaleCacheError, match=r"'net\.1\.(running_\w+|num_batches_tracked)'"):
+    with pytest.raises(
+        surgery.StaleCacheError, match=r"'net\.1\.(running_\w+|num_batches_tracked)'"
+    ):
         cache[0]
 
 
-def test_stale_after_replacing_a_parameter_or_data_edit(body: Counting, data: TensorDataset) -> None:
+def test_stale_after_replacing_a_parameter_or_data_edit(
+    body: Counting, data: TensorDataset
+) -> None:
     cache = surgery.precompute(body, data, progress=False)
     body.net[0].weight = nn.Parameter(body.net[0].weight.detach().clone())
-    with pytest.raises(surgery.StaleCacheError, match="net.0.weight"):
+    with pytest.raises(surgery.StaleCacheError, match=r"net\.0\.weight"):
         cache.check()  # a thorough check: the first read, every epoch of reads, or check()
     cache2 = surgery.precompute(body, data, progress=False)
     cache2[0]
@@ -262,10 +269,30 @@ def test_not_stale_when_only_the_head_trains(body: Counting, data: TensorDataset
     assert not cache.is_stale
 
 
+def test_loader_batches(body: Counting, data: TensorDataset) -> None:
+    cache = surgery.precompute(body, data, progress=False)
+    batches = cache.loader(16, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert len(batches) == 3
+    seen = torch.cat([y for _, y in batches])
+    assert sorted(seen.tolist()) == sorted(data.tensors[1].tolist())
+    f, y = next(iter(cache.loader(5)))
+    assert torch.equal(f, cache.features[:5]) and torch.equal(y, cache.targets[:5])  # type: ignore[index]
+    assert len(cache.loader(16, drop_last=True)) == 2
+    with torch.no_grad():
+        body.net[0].weight.add_(1)
+    with pytest.raises(surgery.StaleCacheError):
+        next(iter(batches))
+    with pytest.raises(surgery.ArgumentError, match="batch_size must be a positive int"):
+        cache.loader(0)
+
+
 def test_plain_feature_cache_never_stale() -> None:
     cache = surgery.FeatureCache(torch.ones(3, 2), torch.zeros(3))
     assert len(cache) == 3 and not cache.is_stale
-    with pytest.raises(surgery.ArgumentError, match=r"targets must be a tensor with one entry per item \(3\), got Tensor of length 2"):
+    with pytest.raises(
+        surgery.ArgumentError,
+        match=r"targets must be a tensor with one entry per item \(3\), got Tensor of length 2",
+    ):
         surgery.FeatureCache(torch.ones(3, 2), torch.zeros(2))
 
 
@@ -283,7 +310,9 @@ class Augmented(Dataset):
 
 
 def test_random_augmentation_warns(body: Counting) -> None:
-    with pytest.warns(surgery.SurgeryWarning, match=r"data\[0\] gave different inputs.*freezes one random draw"):
+    with pytest.warns(
+        surgery.SurgeryWarning, match=r"data\[0\] gave different inputs.*freezes one random draw"
+    ):
         cache = surgery.precompute(body, Augmented(), progress=False)
     assert len(cache) == 6
 
@@ -294,7 +323,11 @@ def test_random_augmentation_warns(body: Counting) -> None:
         (42, {}, r"data must be a Dataset, a DataLoader or a tensor of inputs, got int"),
         ([1, 2, 3], {}, r"each item to be an input tensor or \(input, target\), got int"),
         (TensorDataset(torch.ones(0, 3, 8, 8)), {}, r"data is empty"),
-        (TensorDataset(torch.ones(2, 3, 8, 8)), {"batch_size": 0}, r"batch_size must be a positive int, got 0"),
+        (
+            TensorDataset(torch.ones(2, 3, 8, 8)),
+            {"batch_size": 0},
+            r"batch_size must be a positive int, got 0",
+        ),
         (
             TensorDataset(torch.ones(2, 3, 8, 8), torch.ones(2), torch.ones(2)),
             {},

@@ -195,3 +195,102 @@ def test_unknown_key(resnet_dcp: tuple[Path, dict[str, torch.Tensor]]) -> None:
     path, _ = resnet_dcp
     with pytest.raises(LoadError, match=r"has no tensor 'fc\.weigth'; did you mean 'fc\.weight'"):
         open_dcp(path).info("fc.weigth")
+
+
+# -- through the public API ------------------------------------------------------------------
+
+
+def test_save_state_dict_format_dcp_and_load_partial_round_trip(tmp_path: Path) -> None:
+    import surgery
+
+    torch.manual_seed(0)
+    src = torchvision.models.resnet18(weights=None)
+    path = surgery.save_state_dict(src, tmp_path / "r18", format="dcp")
+    assert path == str(tmp_path / "r18") and (tmp_path / "r18" / ".metadata").exists()
+    dst = torchvision.models.resnet18(weights=None)
+    report = surgery.load_partial(path, into=dst)
+    assert len(report.loaded) == 122 and not report.missing
+    for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_load_partial_from_dcp_with_include_exclude_rename_and_at(tmp_path: Path) -> None:
+    import surgery
+
+    torch.manual_seed(0)
+    ssl = torchvision.models.resnet18(weights=None)
+    _raw_save(
+        {"model": {f"backbone.{k}": v for k, v in ssl.state_dict().items()}, "step": 9}, tmp_path
+    )
+    clf = torchvision.models.resnet18(weights=None, num_classes=10)
+    source = open_dcp(tmp_path)
+    report = surgery.load_partial(
+        source,
+        into=clf,
+        include="backbone.layer4",
+        exclude="**.num_batches_tracked",
+        rename={"backbone.": ""},
+    )
+    assert report.unwrapped == "model"
+    assert len(report.loaded) == 25 and all(k.startswith("layer4.") for k in report.loaded)
+    assert report.renamed["layer4.0.conv1.weight"] == "backbone.layer4.0.conv1.weight"
+    assert torch.equal(clf.layer4[1].bn2.running_var, ssl.layer4[1].bn2.running_var)
+    # only the selected tensors were read
+    nbytes = sum(
+        v.nbytes
+        for k, v in ssl.state_dict().items()
+        if k.startswith("layer4.") and "num_batches" not in k
+    )
+    assert nbytes <= source.bytes_read <= nbytes + 25 * 4096
+    # at= with relative keys
+    report = surgery.load_partial(
+        tmp_path, into=clf, at="layer1", include="backbone.layer1", rename={"backbone.layer1.": ""}
+    )
+    assert report.loaded[0] == "layer1.0.conv1.weight" and torch.equal(
+        clf.layer1[0].conv1.weight, ssl.layer1[0].conv1.weight
+    )
+
+
+def test_load_partial_key_picks_a_wrapped_dcp_state_dict(tmp_path: Path) -> None:
+    import surgery
+
+    lin = nn.Linear(3, 2)
+    _raw_save(
+        {"model": lin.state_dict(), "ema": {k: v * 0 for k, v in lin.state_dict().items()}},
+        tmp_path,
+    )
+    with pytest.raises(LoadError, match=r"wraps several state dicts: 'model', 'ema'"):
+        surgery.load_partial(tmp_path, into=nn.Linear(3, 2))
+    target = nn.Linear(3, 2)
+    report = surgery.load_partial(tmp_path, into=target, key="ema")
+    assert report.unwrapped == "ema" and torch.equal(target.weight, torch.zeros(2, 3))
+
+
+def test_a_failing_dcp_load_changes_nothing(tmp_path: Path) -> None:
+    import surgery
+    from tests.snapshot import assert_unchanged, snapshot
+
+    save_dcp(torchvision.models.resnet18(weights=None, num_classes=10).state_dict(), tmp_path)
+    model = torchvision.models.resnet18(weights=None)
+    before = snapshot(model)
+    with pytest.raises(
+        LoadError, match=r"'fc\.weight': checkpoint \(10, 512\) vs model \(1000, 512\)"
+    ):
+        surgery.load_partial(tmp_path, into=model)
+    assert_unchanged(model, before)
+
+
+def test_save_state_dict_format_errors(tmp_path: Path) -> None:
+    import surgery
+    from surgery import ArgumentError
+
+    with pytest.raises(ArgumentError, match=r"max_shard_size applies to format='safetensors'"):
+        surgery.save_state_dict(nn.Linear(2, 2), tmp_path, format="dcp", max_shard_size="1MB")
+    with pytest.raises(ArgumentError, match=r"format must be 'safetensors' or 'dcp', got 'npz'"):
+        surgery.save_state_dict(nn.Linear(2, 2), tmp_path, format="npz")
+    with torch.device("meta"):
+        meta = nn.Linear(2, 2)
+    with pytest.raises(LoadError, match=r"cannot save 'weight': it is on the meta device"):
+        surgery.save_state_dict(meta, tmp_path / "m", format="dcp")
+    with pytest.raises(LoadError, match=r"cannot save non-tensor values: 'note'"):
+        surgery.save_state_dict({"w": torch.ones(1), "note": "x"}, tmp_path / "n", format="dcp")

@@ -88,7 +88,9 @@ def test_freeze_glob_and_several_patterns(resnet: nn.Module) -> None:
     frozen = sorted(n for n, f in flags(resnet).items() if not f)
     assert len(frozen) == 1 + 2 * 16  # conv1 + 16 block BNs (weight, bias)
     assert "layer2.0.downsample.1.weight" not in frozen  # not matched by bn?
-    assert all(bn_policy(resnet.get_submodule(n[: n.rindex(".")])) == "eval" for n in frozen if "bn" in n)
+    assert all(
+        bn_policy(resnet.get_submodule(n[: n.rindex(".")])) == "eval" for n in frozen if "bn" in n
+    )
 
 
 def test_freeze_slice_of_sequential() -> None:
@@ -114,7 +116,9 @@ def test_freeze_parameters_by_name_and_glob(resnet: nn.Module) -> None:
 
 def test_unknown_path_leaves_model_untouched(resnet: nn.Module) -> None:
     before = snapshot(resnet)
-    with pytest.raises(surgery.PathNotFoundError, match=r"'layer9'.*\n.*children there.*\n.*did you mean 'layer4'"):
+    with pytest.raises(
+        surgery.PathNotFoundError, match=r"'layer9'.*\n.*children there.*\n.*did you mean 'layer4'"
+    ):
         surgery.freeze(resnet, "layer1", "layer9")
     assert same(before, snapshot(resnet))
     with pytest.raises(surgery.PathNotFoundError):
@@ -137,7 +141,7 @@ def test_bad_bn_policy(resnet: nn.Module, kwargs: dict, match: str) -> None:
 
 
 def test_not_a_module() -> None:
-    with pytest.raises(surgery.ArgumentError, match="freeze expects an nn.Module, got dict"):
+    with pytest.raises(surgery.ArgumentError, match=r"freeze expects an nn\.Module, got dict"):
         surgery.freeze({}, "x")  # type: ignore[arg-type]
 
 
@@ -252,7 +256,11 @@ def test_frozen_state_dict_round_trip(resnet: nn.Module) -> None:
 
 @pytest.mark.parametrize(
     ("bn", "x"),
-    [(nn.BatchNorm1d(6), torch.randn(5, 6)), (nn.BatchNorm1d(6), torch.randn(5, 6, 7)), (nn.BatchNorm3d(6), torch.randn(2, 6, 3, 4, 5))],
+    [
+        (nn.BatchNorm1d(6), torch.randn(5, 6)),
+        (nn.BatchNorm1d(6), torch.randn(5, 6, 7)),
+        (nn.BatchNorm3d(6), torch.randn(2, 6, 3, 4, 5)),
+    ],
 )
 def test_bn_frozen_1d_3d(bn: nn.Module, x: torch.Tensor) -> None:
     model = nn.Sequential(bn)
@@ -288,7 +296,9 @@ def test_bn_frozen_refuses_without_statistics_and_custom_forward() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return super().forward(x) * 2
 
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.BatchNorm2d(4, track_running_stats=False))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.BatchNorm2d(4, track_running_stats=False)
+    )
     before = snapshot(model)
     with pytest.raises(surgery.ArgumentError, match=r"(?s)'2' .*no running statistics.*bn='eval'"):
         surgery.freeze(model, bn="frozen")
@@ -302,7 +312,7 @@ def test_bn_frozen_refuses_without_statistics_and_custom_forward() -> None:
 
 def test_bn_frozen_root_is_refused() -> None:
     bn = nn.BatchNorm2d(3)
-    with pytest.raises(surgery.ArgumentError, match="root module .* bn='eval'"):
+    with pytest.raises(surgery.ArgumentError, match=r"root module .* bn='eval'"):
         surgery.freeze(bn, bn="frozen")
     assert bn.weight.requires_grad
 
@@ -398,7 +408,7 @@ def test_trainable_report(resnet: nn.Module) -> None:
     text = str(report)
     assert text.splitlines()[0].startswith("ResNet: ")
     assert "4 eval" in text and "5 frozen" in text
-    with pytest.raises(surgery.ArgumentError, match="no row 'layer9'.*rows: conv1, bn1"):
+    with pytest.raises(surgery.ArgumentError, match=r"no row 'layer9'.*rows: conv1, bn1"):
         report["layer9"]
 
 
@@ -424,9 +434,11 @@ def test_freeze_unfreeze_round_trip(_resnet: nn.Module, names: set[str]) -> None
     before = snapshot(model, values=False)
     surgery.freeze(model, *sorted(names))
     report = surgery.trainable(model)
-    expected = sum(
-        p.numel() for n, p in model.named_parameters() if n.split(".")[0] in names
-    ) if names else sum(p.numel() for p in model.parameters())
+    expected = (
+        sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in names)
+        if names
+        else sum(p.numel() for p in model.parameters())
+    )
     assert report.frozen == expected
     surgery.unfreeze(model, *sorted(names))
     assert same(before, snapshot(model, values=False))

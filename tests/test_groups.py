@@ -43,7 +43,7 @@ def test_resnet18_issue_example(resnet: nn.Module) -> None:
     assert groups[0][-1] == "layer2.1.bn2.bias"
     assert groups[1][-1] == "layer4.1.bn2.bias"
     assert groups[2] == ["fc.weight", "fc.bias"]
-    assert sum(groups, []) == names(resnet)
+    assert [n for g in groups for n in g] == names(resnet)
 
 
 def test_no_split_is_one_group(resnet: nn.Module) -> None:
@@ -92,11 +92,19 @@ def test_shared_parameter_counted_where_it_first_appears() -> None:
     ("split_at", "error", "match"),
     [
         (["layer9"], surgery.PathNotFoundError, r"no module at 'layer9'.*"),
-        (["fc", "layer3"], surgery.ArgumentError, r"out of order: 'layer3' .* does not come after 'fc'"),
+        (
+            ["fc", "layer3"],
+            surgery.ArgumentError,
+            r"out of order: 'layer3' .* does not come after 'fc'",
+        ),
         (["layer3", "layer3"], surgery.ArgumentError, r"out of order"),
         (["layer3", "layer3.0.conv1"], surgery.ArgumentError, r"out of order"),
         (["relu"], surgery.ArgumentError, r"'relu' has no parameters of its own"),
-        (["conv1"], surgery.ArgumentError, r"'conv1' starts at the first parameter .* would be empty"),
+        (
+            ["conv1"],
+            surgery.ArgumentError,
+            r"'conv1' starts at the first parameter .* would be empty",
+        ),
         (["relu*"], surgery.ArgumentError, r"matches only modules without parameters"),
         ([3], surgery.ArgumentError, r"split_at must hold module paths \(str\), got int 3"),
         (3, surgery.ArgumentError, r"split_at must be a list of module paths"),
@@ -116,7 +124,9 @@ def test_groups_partition_parameters(case: tuple[int, set[int]]) -> None:
     groups = surgery.layer_groups(model, split)
     assert len(groups) == len(cuts) + 1
     assert all(groups)
-    assert sum(groups, []) == names(model)  # consecutive, each parameter exactly once
+    assert [n for g in groups for n in g] == names(
+        model
+    )  # consecutive, each parameter exactly once
     assert [g[0].split(".")[0] for g in groups[1:]] == split
 
 

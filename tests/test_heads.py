@@ -162,7 +162,7 @@ def test_timm_declared_heads(name: str, heads: list[str], features: int, caplog)
     assert output_shapes(m, (2, 3, 224, 224))[1] == [2, features]
 
 
-def test_timm_reset_failure_leaves_model_unchanged() -> None:
+def test_failing_reset_classifier_is_rolled_back_then_heads_replaced(caplog) -> None:
     class Declares(nn.Module):
         pretrained_cfg = {"classifier": "fc"}  # noqa: RUF012
 
@@ -173,18 +173,16 @@ def test_timm_reset_failure_leaves_model_unchanged() -> None:
             self.num_classes = 3
 
         def reset_classifier(self, num_classes: int) -> None:
-            self.num_classes = num_classes
+            self.body = nn.Identity()  # a half-done reset must not leak
             self.fc = nn.Linear(4, num_classes)
             raise RuntimeError("boom")
 
     m = Declares()
-    before = snapshot(m)
-    with pytest.raises(
-        surgery.SurgeryError, match=r"reset_classifier\(5\) failed .*boom.*unchanged"
-    ):
+    body = m.body
+    with caplog.at_level(logging.INFO, logger="surgery"):
         surgery.replace_head(m, 5)
-    assert_unchanged(m, before)
-    assert m.num_classes == 3
+    assert "reset_classifier(5) failed (RuntimeError: boom)" in caplog.text
+    assert m.body is body and m.fc.out_features == 5 and m.num_classes == 5
 
 
 # ----------------------------------------------------------------------------- unknown models
@@ -302,10 +300,11 @@ class Small(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 4, 3)
         self.bn1 = nn.BatchNorm2d(4)
+        self.pool = nn.Identity()
         self.fc = nn.Linear(4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.bn1(self.conv1(x)).mean((2, 3)))
+        return self.fc(self.pool(self.bn1(self.conv1(x)).mean((2, 3))))
 
 
 def test_failure_leaves_a_real_resnet_bit_for_bit_unchanged() -> None:
@@ -332,6 +331,11 @@ def test_failure_leaves_a_real_resnet_bit_for_bit_unchanged() -> None:
             r"cannot re-head 'bn1': it is a BatchNorm2d",
         ),
         ({"num_classes": 3, "path": 5}, surgery.ArgumentError, r"path must be a module path"),
+        (
+            {"num_classes": 3, "path": "pool"},
+            surgery.ArgumentError,
+            r"(?s)'pool': it is an Identity .*surgery.replace\(model, 'pool', nn.Linear\(in_features, 3\)\)",
+        ),
     ],
 )
 def test_replace_head_errors_leave_model_unchanged(kwargs: dict, error: type, match: str) -> None:

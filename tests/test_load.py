@@ -773,3 +773,48 @@ def test_files_are_closed(tmp_path) -> None:
     save_file(rand_sd(Net()), tmp_path / "m.safetensors")
     load_partial(tmp_path / "m.safetensors", into=Net())
     os.remove(tmp_path / "m.safetensors")
+
+
+def test_docs_loading_examples_run() -> None:
+    """The python blocks of docs/loading.md run in order (the seed scenario among them)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "loading.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 5
+    namespace: dict = {}
+    for block in blocks[1:]:  # the first block is the signature
+        exec(compile(block, "docs/loading.md", "exec"), namespace)
+
+
+# -- a zoo of real models: differential against load_state_dict ---------------------
+
+ZOO = [
+    ("torchvision", "resnet18"),
+    ("torchvision", "mobilenet_v3_small"),
+    ("timm", "vit_tiny_patch16_224"),
+    pytest.param("torchvision", "efficientnet_b0", marks=pytest.mark.slow),
+    pytest.param("timm", "convnext_atto", marks=pytest.mark.slow),
+]
+
+
+def _build(lib: str, name: str) -> nn.Module:
+    if lib == "timm":
+        timm = pytest.importorskip("timm")
+        return timm.create_model(name, pretrained=False)
+    return torchvision.models.get_model(name, weights=None)
+
+
+@pytest.mark.parametrize(("lib", "name"), ZOO)
+def test_zoo_matches_load_state_dict(lib: str, name: str, tmp_path) -> None:
+    torch.manual_seed(1)
+    src = _build(lib, name)
+    ref, ours = _build(lib, name), _build(lib, name)
+    path = tmp_path / "w.safetensors"
+    surgery.save_state_dict(src, path)
+    ref.load_state_dict(src.state_dict())
+    report = load_partial(path, into=ours, strict=True)
+    assert len(report.loaded) == len(src.state_dict())
+    for (k, a), (_, b) in zip(ref.state_dict().items(), ours.state_dict().items()):
+        assert torch.equal(a, b), k

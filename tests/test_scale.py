@@ -23,12 +23,6 @@ INPUT = (1, 3, 224, 224)
 BLOCK_PARAMS = 19_677_440  # one encoder_layer of vit_h_14 (width 1280, mlp 5120)
 
 
-def _need(*names: str) -> None:
-    missing = [n for n in names if not hasattr(surgery, n)]
-    if missing:
-        pytest.skip(f"surgery.{', surgery.'.join(missing)} not available yet")
-
-
 def vit_h() -> nn.Module:
     with torch.device("meta"):
         return torchvision.models.vit_h_14(weights=None)
@@ -93,7 +87,6 @@ def test_tree_with_shapes(model: nn.Module) -> None:
 
 
 def test_cut_and_split(model: nn.Module) -> None:
-    _need("cut", "split")
     x = torch.empty(INPUT, device="meta")
     body = surgery.cut(model, "encoder.layers.encoder_layer_15")
     assert _all_meta(body)
@@ -105,7 +98,6 @@ def test_cut_and_split(model: nn.Module) -> None:
 
 
 def test_take_and_compose(model: nn.Module) -> None:
-    _need("take", "compose")
     blocks = surgery.take(model, "encoder.layers[:2]")
     assert _all_meta(blocks) and _numel(blocks) == 2 * BLOCK_PARAMS
     hybrid = surgery.compose(
@@ -162,7 +154,6 @@ def test_layer_groups_and_param_groups() -> None:
 
 
 def test_summary_and_verify(model: nn.Module) -> None:
-    _need("summary", "verify")
     stats = surgery.verify(model, INPUT, output_shape=(1, 1000), total_params=VIT_H_PARAMS)
     assert stats.total_params == VIT_H_PARAMS
     with pytest.raises(VerificationError, match=r"total_params.*632,?045,?800|632045800"):
@@ -267,3 +258,150 @@ def test_init_missing_on_a_submodule(
     assert sum(not p.is_meta for p in m.parameters()) == 12  # nothing else materialized
     x = torch.randn(1, 5, 1280)
     assert b(x).shape == (1, 5, 1280)
+
+
+# -- loading into meta models: assignment semantics (small models) ------------------------
+
+
+def _meta_resnet(**kw: int) -> nn.Module:
+    with torch.device("meta"):
+        return torchvision.models.resnet18(weights=None, **kw)
+
+
+def test_mapping_tensors_are_assigned_without_a_copy() -> None:
+    sd = torchvision.models.resnet18(weights=None).state_dict()
+    m = _meta_resnet()
+    report = surgery.load_partial(sd, into=m)
+    assert len(report.loaded) == 122 and report.initialized == []
+    assert m.conv1.weight.data_ptr() == sd["conv1.weight"].data_ptr()
+    assert m.bn1.running_mean.data_ptr() == sd["bn1.running_mean"].data_ptr()  # buffers too
+    assert isinstance(m.conv1.weight, nn.Parameter) and m.conv1.weight.requires_grad
+
+
+def test_a_module_source_is_copied_so_two_models_never_share_storage() -> None:
+    src = torchvision.models.resnet18(weights=None)
+    m = _meta_resnet()
+    surgery.load_partial(src, into=m)
+    assert torch.equal(m.conv1.weight, src.conv1.weight)
+    assert m.conv1.weight.data_ptr() != src.conv1.weight.data_ptr()
+
+
+def test_a_file_source_is_assigned_from_the_mapped_file(tmp_path: Path) -> None:
+    src = torchvision.models.resnet18(weights=None)
+    surgery.save_state_dict(src, tmp_path / "r18.safetensors")
+    torch.save(src.state_dict(), tmp_path / "r18.pt")
+    for name in ("r18.safetensors", "r18.pt"):
+        m = _meta_resnet()
+        surgery.load_partial(tmp_path / name, into=m)
+        for (k, a), b in zip(src.state_dict().items(), m.state_dict().values()):
+            assert torch.equal(a, b), (name, k)
+        x = torch.randn(1, 3, 64, 64)
+        assert torch.allclose(m.eval()(x), src.eval()(x), atol=1e-5), name
+
+
+def test_requires_grad_casts_and_ties_on_meta() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.out = nn.Linear(4, 10, bias=False)
+            self.out.weight = self.embed.weight
+            self.norm = nn.LayerNorm(4)
+
+    with torch.device("meta"):
+        m = Tied()
+    m.norm.weight.requires_grad_(False)
+    w = torch.randn(10, 4, dtype=torch.float64)
+    sd = {"embed.weight": w, "norm.weight": torch.ones(4), "norm.bias": torch.zeros(4)}
+    report = surgery.load_partial(sd, into=m)
+    assert report.loaded == ["embed.weight", "out.weight", "norm.weight", "norm.bias"]
+    assert report.cast["embed.weight"] == (torch.float64, torch.float32)
+    assert m.out.weight is m.embed.weight and m.embed.weight.dtype == torch.float32
+    assert torch.equal(m.embed.weight, w.float())
+    assert m.norm.weight.requires_grad is False and m.norm.bias.requires_grad is True
+
+
+def test_the_same_memory_is_never_given_to_two_untied_parameters() -> None:
+    with torch.device("meta"):
+        m = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    w, b = torch.randn(3, 3), torch.randn(3)
+    report = surgery.load_partial({"0.weight": w, "0.bias": b, "1.weight": w, "1.bias": b}, into=m)
+    assert len(report.loaded) == 4
+    assert m[0].weight.data_ptr() != m[1].weight.data_ptr() and torch.equal(m[1].weight, w)
+
+
+def test_dry_run_and_a_failing_load_leave_the_meta_model_unchanged() -> None:
+    from tests.snapshot import assert_unchanged, snapshot
+
+    sd = torchvision.models.resnet18(weights=None, num_classes=10).state_dict()
+    m = _meta_resnet()
+    before = snapshot(m)
+    report = surgery.load_partial(sd, into=m, exclude="fc", dry_run=True, init_missing=True)
+    assert report.dry_run and report.initialized == ["fc.weight", "fc.bias"]
+    assert_unchanged(m, before)
+    with pytest.raises(
+        LoadError, match=r"'fc\.weight': checkpoint \(10, 512\) vs model \(1000, 512\)"
+    ):
+        surgery.load_partial(sd, into=m, init_missing=True)
+    assert_unchanged(m, before)
+
+
+def test_a_fault_while_materializing_leaves_the_meta_model_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from surgery import _materialize
+    from tests.snapshot import assert_unchanged, snapshot
+
+    sd = torchvision.models.resnet18(weights=None).state_dict()
+    m = _meta_resnet()
+    before = snapshot(m)
+    calls = {"n": 0}
+    real = _materialize.read_for
+
+    def flaky(source: object, key: str, target: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 50:
+            raise OSError("disk went away")
+        return real(source, key, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("surgery._load.read_for", flaky)
+    with pytest.raises(
+        LoadError,
+        match=r"materializing '.*' failed \(OSError: disk went away\); the model was left unchanged",
+    ):
+        surgery.load_partial(sd, into=m)
+    assert_unchanged(m, before)
+
+
+def test_init_missing_initializes_with_the_modules_own_initializer() -> None:
+    sd = torchvision.models.resnet18(weights=None).state_dict()
+    m = _meta_resnet(num_classes=7)
+    report = surgery.load_partial(sd, into=m, exclude="fc", init_missing=True)
+    assert report.initialized == ["fc.weight", "fc.bias"] and report.missing == [
+        "fc.weight",
+        "fc.bias",
+    ]
+    assert "initialized on CPU by their modules (2): 'fc.bias', 'fc.weight'" in str(report)
+    assert report.to_dict()["initialized"] == ["fc.weight", "fc.bias"]
+    assert m.fc.weight.shape == (7, 512) and m.fc.weight.abs().max() <= 1 / 512**0.5
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_init_missing_never_reinitializes_what_is_already_real() -> None:
+    with torch.device("meta"):
+        lin = nn.Linear(4, 4)
+    lin.weight = nn.Parameter(torch.full((4, 4), 7.0))  # materialized by hand; bias still on meta
+    m = nn.Sequential(lin, nn.LayerNorm(4))
+    with torch.device("meta"):
+        m[1] = nn.LayerNorm(4)
+    report = surgery.load_partial(
+        {"1.weight": torch.ones(4), "1.bias": torch.zeros(4)}, into=m, init_missing=True
+    )
+    assert report.initialized == ["0.bias"]
+    assert torch.equal(m[0].weight, torch.full((4, 4), 7.0)) and not m[0].bias.is_meta
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_init_missing_must_be_a_bool(value: object) -> None:
+    with pytest.raises(surgery.ArgumentError, match=r"init_missing must be True or False"):
+        surgery.load_partial({"weight": torch.ones(1)}, into=nn.Linear(1, 1), init_missing=value)  # type: ignore[arg-type]
