@@ -11,9 +11,9 @@ Staleness: the cache remembers the body's tensors. Every read compares their
 version counters (bumped by optimizer steps, ``load_state_dict`` and in-place
 edits: a few microseconds per read, once per batch through a ``DataLoader``);
 the first read, every ``len(cache)`` item reads and :meth:`FeatureCache.check`
-also re-collect the body's tensors and compare a sample of their values
-(catching replaced parameters, ``.data`` edits and fused optimizers, which
-bump no counter). A stale cache raises :class:`surgery.StaleCacheError`.
+also re-collect the body's tensors and compare a digest of their values
+(norms on accelerators, strided samples on the CPU), which catches replaced
+parameters, ``.data`` edits and fused optimizers (they bump no counter). A stale cache raises :class:`surgery.StaleCacheError`.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ anything and, given an ``input_size``, runs the result on the meta device
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -49,13 +50,13 @@ def take(model: nn.Module, path: str | Path, *, copy: bool = True) -> nn.Module:
 
     Example:
         >>> import torchvision, surgery
-        >>> vgg = torchvision.models.vgg16_bn(weights=None)
-        >>> block2 = surgery.take(vgg, "features[7:14]")
-        >>> len(block2), block2[0]
-        (7, Conv2d(64, 128, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)))
-        >>> block2[0].weight is vgg.features[7].weight
+        >>> resnet = torchvision.models.resnet18(weights=None)
+        >>> layer3 = surgery.take(resnet, "layer3")
+        >>> layer3[0].conv1.weight is resnet.layer3[0].conv1.weight
         False
-        >>> surgery.take(vgg, "features.7", copy=False) is vgg.features[7]
+        >>> len(surgery.take(resnet, "layer3[:1]"))  # a slice: a new Sequential
+        1
+        >>> surgery.take(resnet, "layer3", copy=False) is resnet.layer3
         True
     """
     _check_copy(copy)
@@ -235,9 +236,7 @@ def check_junctions(net: nn.Sequential, sizes: Sequence[tuple[int, ...]]) -> lis
 
     Returns the meta output of each child (for reports).
     """
-    dtype = next(
-        (p.dtype for p in net.parameters() if p.dtype.is_floating_point), torch.float32
-    )
+    dtype = next((p.dtype for p in net.parameters() if p.dtype.is_floating_point), torch.float32)
     twin = meta_copy(net)
     inputs = meta_inputs(list(sizes), dtype=dtype)
     value: Any = inputs[0] if len(inputs) == 1 else tuple(inputs)
@@ -248,15 +247,10 @@ def check_junctions(net: nn.Sequential, sizes: Sequence[tuple[int, ...]]) -> lis
             stack: list[tuple[str, nn.Module, Any]] = []
             handles = []
             for sub_name, sub in child.named_modules():
-
-                def pre(mod: nn.Module, args: Any, _n: str = sub_name) -> None:
-                    stack.append((_n, mod, args))
-
-                def post(mod: nn.Module, args: Any, out: Any) -> None:
-                    stack.pop()
-
-                handles.append(sub.register_forward_pre_hook(pre))
-                handles.append(sub.register_forward_hook(post))
+                handles.append(
+                    sub.register_forward_pre_hook(functools.partial(_enter, stack, sub_name))
+                )
+                handles.append(sub.register_forward_hook(functools.partial(_leave, stack)))
             try:
                 value = child(value) if len(inputs) == 1 or outputs else child(*value)
             except Exception as e:
@@ -268,6 +262,14 @@ def check_junctions(net: nn.Sequential, sizes: Sequence[tuple[int, ...]]) -> lis
             outputs.append(value)
             prev = name
     return outputs
+
+
+def _enter(stack: list[tuple[str, nn.Module, Any]], name: str, mod: nn.Module, args: Any) -> None:
+    stack.append((name, mod, args))
+
+
+def _leave(stack: list[tuple[str, nn.Module, Any]], mod: nn.Module, args: Any, out: Any) -> None:
+    stack.pop()
 
 
 def _mismatch(

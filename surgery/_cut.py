@@ -268,7 +268,12 @@ def split_points(model: nn.Module, traced: Traced | None = None) -> list[str]:
 
 def _leaves_of(structure: Any) -> list[fx.Node]:
     found: list[fx.Node] = []
-    fx.node.map_arg(structure, lambda n: found.append(n) or n)
+
+    def add(n: fx.Node) -> fx.Node:
+        found.append(n)
+        return n
+
+    fx.node.map_arg(structure, add)
     return found
 
 
@@ -512,7 +517,9 @@ def _head_graph(plan: _Plan) -> fx.Graph:
     return g
 
 
-def _unpack(g: fx.Graph, source: fx.Node, structure: Any, env: dict[fx.Node, fx.Node], wanted: set[fx.Node]) -> None:
+def _unpack(
+    g: fx.Graph, source: fx.Node, structure: Any, env: dict[fx.Node, fx.Node], wanted: set[fx.Node]
+) -> None:
     """Bind ``env[node]`` for each wanted node inside ``structure``, read from ``source``."""
     if isinstance(structure, fx.Node):
         if structure in wanted:

@@ -276,6 +276,10 @@ def _bn_under(modules: Iterable[tuple[str, nn.Module]]) -> list[tuple[str, nn.Mo
 
 
 def _selections(model: nn.Module, patterns: tuple[Any, ...]) -> tuple[list[str], list]:
+    flat: list[Any] = []
+    for p in patterns:  # freeze(m, ["layer1", "layer2"]) means freeze(m, "layer1", "layer2")
+        flat.extend(p if isinstance(p, (list, tuple)) else [p])
+    patterns = tuple(flat)
     if not patterns:
         return [n for n, _ in model.named_parameters()], [("", model)]
     names: dict[str, None] = {}

@@ -336,7 +336,7 @@ def param_groups(
     model: nn.Module,
     lr: float | Sequence[float] | slice,
     *,
-    split_at: Sequence[str] | str | None,
+    split_at: Sequence[str] | str | None = None,
     weight_decay: float | None = None,
     layer_decay: float | None = None,
 ) -> list[dict[str, Any]]:
@@ -355,7 +355,7 @@ def param_groups(
         lr: a number (every group), a sequence (one per group), ``slice(lo, hi)``
             (geometric from the first group to the last) or ``slice(hi)``
             (``hi / 10`` for all but the last group) — fastai's semantics.
-        split_at: module paths in model order, each starting a group.
+        split_at: module paths in model order, each starting a group (None: one group).
         weight_decay: a decay for every group; ``None`` keeps the optimizer's default.
         layer_decay: ``d`` gives group ``i`` of ``n`` the rate ``lr * d ** (n - 1 - i)``
             (needs a single-number ``lr``).

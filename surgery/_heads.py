@@ -345,7 +345,8 @@ def replace_head(
     The head is found in this order: ``path=`` (one path or a list; a container
     means its last Linear/convolution layer); what a timm model declares
     (``pretrained_cfg["classifier"]``, every entry, and its own
-    ``reset_classifier``); otherwise the Linear or convolution layer(s) that
+    ``reset_classifier``; if that fails, it is rolled back and the declared heads
+    are replaced directly); otherwise the Linear or convolution layer(s) that
     produce the logits, found by tracing a meta copy in training mode, so
     auxiliary heads (inception_v3 ``AuxLogits.fc``, googlenet ``aux1.fc2`` and
     ``aux2.fc2``) and parallel heads (distilled transformers) are all replaced.
@@ -398,9 +399,9 @@ def replace_head(
     how = "path="
     if paths is None:
         declared = [p for p in _declared(model, "classifier") if _resolves(model, p)]
-        if declared and callable(getattr(model, "reset_classifier", None)):
-            if _reset_declared(model, num_classes, declared):
-                return model
+        resets = callable(getattr(model, "reset_classifier", None))
+        if declared and resets and _reset_declared(model, num_classes, declared):
+            return model
         if declared:
             paths, how = declared, "pretrained_cfg['classifier']"
         else:

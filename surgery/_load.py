@@ -29,7 +29,7 @@ from torch import nn
 
 from ._errors import ArgumentError, LoadError, SurgeryError
 from ._graph import resolve
-from ._materialize import MetaInit, install, plan_init, read_for, run_init
+from ._materialize import MetaInit, install, is_dtensor, plan_init, read_for, run_init
 from ._rename import KeyFilter, RenameRules, RenameSpec
 from ._sources import TensorInfo, TensorSource, open_source
 
@@ -566,6 +566,10 @@ def _plan(
                     [repr(k) for k in report.unexpected],
                 )
             )
+        if report.unexpected and all(
+            k.endswith("num_batches_tracked") for k in report.unexpected
+        ):  # e.g. BatchNorm statistics into FrozenBatchNorm2d, which has no counter
+            parts.append("  hint: exclude='**.num_batches_tracked'")
         raise LoadError(
             f"strict=True: every model key{where} must be loaded and every selected checkpoint "
             f"key used; nothing was loaded:\n" + "\n".join(parts)
@@ -588,6 +592,18 @@ def _plan_meta(
         LoadError: names the tensors (without ``init_missing``) or the modules
             that have no initializer.
     """
+    sharded = [
+        repr(_join(prefix, k)) for k, t in model_tensors.items() if t.is_meta and is_dtensor(t)
+    ]
+    if sharded:
+        raise LoadError(
+            _listing(
+                f"{len(sharded)} DTensor parameter(s) of {model_name} are on the meta device; "
+                "FSDP owns its parameters, so they cannot be replaced: materialize them first "
+                "(model.to_empty(device='cpu')), then load; nothing was loaded:",
+                sharded,
+            )
+        )
     still = {k: t for k, t in model_tensors.items() if t.is_meta and _join(prefix, k) not in loaded}
     if not still:
         return []

@@ -562,7 +562,9 @@ def open_source(source: Any, *, key: str | None = None) -> TensorSource:
         path = os.fspath(source)
         if os.path.isdir(path):
             if os.path.exists(os.path.join(path, ".metadata")):
-                return _lazy_import("_dcp", "open_dcp", "torch.distributed.checkpoint")(path, key=key)
+                return _lazy_import("_dcp", "open_dcp", "torch.distributed.checkpoint")(
+                    path, key=key
+                )
             path = _directory_checkpoint(path)
         lower = path.lower()
         if lower.endswith(".index.json"):

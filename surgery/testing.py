@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ._cut import split, split_points as _split_points
+from ._cut import split
+from ._cut import split_points as _split_points
 from ._errors import ArgumentError
 from ._meta import eval_mode
 

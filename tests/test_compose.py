@@ -26,7 +26,9 @@ def resnet18() -> nn.Module:
 
 
 def n_params(m: nn.Module, trainable: bool | None = None) -> int:
-    return sum(p.numel() for p in m.parameters() if trainable is None or p.requires_grad == trainable)
+    return sum(
+        p.numel() for p in m.parameters() if trainable is None or p.requires_grad == trainable
+    )
 
 
 def snapshot(model: nn.Module) -> dict:
@@ -62,7 +64,11 @@ def mynet1(**kw: object) -> nn.Sequential:
 def vgg_block(cin: int, cout: int, n: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(n):
-        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+        layers += [
+            nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+        ]
     return nn.Sequential(*layers, nn.MaxPool2d(2))
 
 
@@ -71,7 +77,14 @@ def vgg_block(cin: int, cout: int, n: int) -> nn.Sequential:
 
 def test_mynet1() -> None:
     net = mynet1(input_size=(10, 1, 32, 32))
-    assert list(dict(net.named_children())) == ["conv1", "block2", "block3", "avgpool", "flatten", "fc"]
+    assert list(dict(net.named_children())) == [
+        "conv1",
+        "block2",
+        "block3",
+        "avgpool",
+        "flatten",
+        "fc",
+    ]
     assert n_params(net) == 2_325_002
     assert net(torch.randn(10, 1, 32, 32)).shape == (10, 10)
 
@@ -94,7 +107,11 @@ def test_mynet_pretrained() -> None:
         input_size=(10, 3, 224, 224),
     )
     surgery.freeze(net, "conv1", "bn1", "layer1", "layer2")
-    assert (n_params(net), n_params(net, True), n_params(net, False)) == (11_181_642, 10_498_570, 683_072)
+    assert (n_params(net), n_params(net, True), n_params(net, False)) == (
+        11_181_642,
+        10_498_570,
+        683_072,
+    )
     assert net(torch.randn(2, 3, 64, 64)).shape == (2, 10)
     assert all(p.requires_grad for p in pretrained.parameters())  # the source is untouched
     assert torch.equal(net.layer2[0].conv1.weight, pretrained.layer2[0].conv1.weight)
@@ -233,7 +250,9 @@ def test_junction_check_never_touches_the_callers_modules() -> None:
 def test_bad_part_leaves_every_model_unchanged() -> None:
     vgg, res = vgg16_bn(), resnet18()
     before = [snapshot(vgg), snapshot(res)]
-    with pytest.raises(surgery.PathNotFoundError, match=r"(?s)^part 'block3': no module at 'layer9'.*did you mean"):
+    with pytest.raises(
+        surgery.PathNotFoundError, match=r"(?s)^part 'block3': no module at 'layer9'.*did you mean"
+    ):
         surgery.compose(block2=(vgg, "features[7:14]"), block3=(res, "layer9"))
     with pytest.raises(surgery.PathSyntaxError):
         surgery.compose(block2=(vgg, "features[7:"))
@@ -246,8 +265,14 @@ def test_bad_part_leaves_every_model_unchanged() -> None:
     [
         ({}, r"compose\(\) needs at least one part"),
         ({"a": 3}, r"part 'a' is a int; a part is an nn.Module or a \(model, path\) pair"),
-        ({"a": ("layer3", nn.Linear(2, 2))}, r"part 'a': the first item of the pair must be an nn.Module, got str"),
-        ({"a": (nn.Linear(2, 2), 3)}, r"part 'a': the second item of the pair must be a path string, got int"),
+        (
+            {"a": ("layer3", nn.Linear(2, 2))},
+            r"part 'a': the first item of the pair must be an nn.Module, got str",
+        ),
+        (
+            {"a": (nn.Linear(2, 2), 3)},
+            r"part 'a': the second item of the pair must be a path string, got int",
+        ),
         ({"a": (nn.Linear(2, 2), "", "x")}, r"part 'a' is a tuple"),
         ({"forward": nn.ReLU()}, r"part name 'forward' cannot name a child"),
         ({"a.b": nn.ReLU()}, r"part name 'a.b' cannot name a child"),

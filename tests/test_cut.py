@@ -113,7 +113,7 @@ def test_cut_agrees_with_create_feature_extractor(name: str, data: st.DataObject
 
 
 def test_every_module_of_resnet18_is_a_cut_point() -> None:
-    model, x, expected, _ = zoo("resnet18")
+    model = zoo("resnet18")[0]
     points = split_points(model)
     assert points == [n for n, _ in model.named_modules() if n]
     assert len(points) == 67
@@ -168,7 +168,9 @@ def test_cut_after_first_call_of_a_reused_module() -> None:
     model, x, _, _ = zoo("resnet18")
     block = model.layer1[0]
     with torch.no_grad():
-        expected = block.relu(block.bn1(block.conv1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))))
+        expected = block.relu(
+            block.bn1(block.conv1(model.maxpool(model.relu(model.bn1(model.conv1(x))))))
+        )
         torch.testing.assert_close(surgery.cut(model, "layer1.0.relu")(x), expected)
 
 
@@ -218,7 +220,7 @@ def test_copy_keeps_requires_grad_and_modes() -> None:
 def test_childless_modules_stay_live_for_train_mode() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.Linear(8, 2)).eval()
-    head, tail = surgery.split(model, "1")
+    head, _ = surgery.split(model, "1")
     x = torch.randn(4, 8)
     assert torch.equal(head(x), head(x))
     head.train()
@@ -328,7 +330,9 @@ def test_split_timm_model() -> None:
 def test_bad_path_leaves_the_model_unchanged() -> None:
     model = zoo("resnet18")[0]
     before = snapshot(model)
-    with pytest.raises(surgery.PathNotFoundError, match=r"(?s)split\(ResNet, 'layer5'\).*did you mean 'layer4'"):
+    with pytest.raises(
+        surgery.PathNotFoundError, match=r"(?s)split\(ResNet, 'layer5'\).*did you mean 'layer4'"
+    ):
         surgery.split(model, "layer5")
     with pytest.raises(surgery.PathNotFoundError, match=r"cut\(ResNet, 'layer1.9'\)"):
         surgery.cut(model, "layer1.9")
@@ -365,7 +369,10 @@ def test_module_never_called() -> None:
     model = Unused()
     with pytest.raises(surgery.PathError, match=r"never calls it \(in train mode\)"):
         surgery.cut(model, "spare")
-    with pytest.raises(surgery.PathError, match=r"iterated, not called: cut after one of its entries, e.g. 'blocks.1'"):
+    with pytest.raises(
+        surgery.PathError,
+        match=r"iterated, not called: cut after one of its entries, e.g. 'blocks.1'",
+    ):
         surgery.split(model, "blocks")
     assert split_points(model) == ["blocks.0", "blocks.1"]
 
@@ -403,7 +410,9 @@ def test_untraceable_submodule_becomes_one_step() -> None:
             self.fc = nn.Linear(4, 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.inner(self.stem(x)), 1), 1))
+            return self.fc(
+                torch.flatten(nn.functional.adaptive_avg_pool2d(self.inner(self.stem(x)), 1), 1)
+            )
 
     torch.manual_seed(0)
     model = Outer().eval()
@@ -411,7 +420,9 @@ def test_untraceable_submodule_becomes_one_step() -> None:
     for path in ("stem", "inner", "fc"):
         head, tail = surgery.split(model, path)
         torch.testing.assert_close(tail(head(x)), model(x))
-    with pytest.raises(surgery.TraceError, match=r"cannot cut inside 'inner': torch.fx cannot trace its forward"):
+    with pytest.raises(
+        surgery.TraceError, match=r"cannot cut inside 'inner': torch.fx cannot trace its forward"
+    ):
         surgery.cut(model, "inner.conv")
     assert trace(model).meta["surgery_opaque"].keys() == {"inner"}
 
@@ -420,7 +431,9 @@ def test_untraceable_submodule_becomes_one_step() -> None:
 def test_inception_aux_head_is_not_a_cut_point_in_eval() -> None:
     torch.manual_seed(0)
     model = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False).eval()
-    with pytest.raises(surgery.PathError, match=r"GoogLeNet.forward never calls it \(in eval mode\)"):
+    with pytest.raises(
+        surgery.PathError, match=r"GoogLeNet.forward never calls it \(in eval mode\)"
+    ):
         surgery.cut(model, "aux1")
     x = torch.randn(1, 3, 64, 64)
     head, tail = surgery.split(model, "inception4a")

@@ -93,6 +93,12 @@ def test_freeze_glob_and_several_patterns(resnet: nn.Module) -> None:
     )
 
 
+def test_freeze_accepts_a_list_of_patterns(resnet: nn.Module) -> None:
+    surgery.freeze(resnet, ["layer1", "layer2"])
+    frozen = {n.split(".")[0] for n, f in flags(resnet).items() if not f}
+    assert frozen == {"layer1", "layer2"}
+
+
 def test_freeze_slice_of_sequential() -> None:
     with torch.device("meta"):
         m = torchvision.models.vgg11_bn(weights=None)

@@ -170,10 +170,28 @@ def _scenarios(rank: int, tmp: Path) -> None:
     now = _local(other)
     assert all(torch.equal(v, now[k]) for k, v in expected_local.items())
 
+    # -- FSDP's meta-device init: fully_shard on meta, to_empty, then load (each rank its shard)
+    from torch.distributed.fsdp import fully_shard
+
+    with torch.device("meta"):
+        lazy = Net()
+    fully_shard(lazy, mesh=mesh)
+    try:
+        surgery.load_partial(ckpt, into=lazy)
+        raise AssertionError("loading into meta DTensors must be refused")
+    except surgery.LoadError as exc:
+        out["meta_error"] = str(exc).splitlines()[0]
+    assert all(p.is_meta for p in lazy.parameters())
+    lazy.to_empty(device="cpu")
+    surgery.load_partial(ckpt, into=lazy)
+    now = _local(lazy)
+    assert all(torch.equal(v, now[k]) for k, v in expected_local.items())
+
     out["local_shapes"] = {k: list(v.shape) for k, v in expected_local.items()}
     Path(tmp, f"result-{rank}.json").write_text(json.dumps(out))
 
 
+@pytest.mark.slow
 def test_fsdp2_freeze_param_groups_and_load_partial(tmp_path: Path) -> None:
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
@@ -201,6 +219,7 @@ def test_fsdp2_freeze_param_groups_and_load_partial(tmp_path: Path) -> None:
         assert r["lrs"] == pytest.approx([10**-3.5, 1e-3])
         assert r["bytes_read"] < 0.6 * r["bytes_selected"]
         assert "shape mismatch" in r["error"], r["error"]
+        assert r["meta_error"].startswith("12 DTensor parameter(s) of FSDPNet are on the meta device")
         # each rank holds half of every dim-0-sharded parameter
         assert r["local_shapes"]["head.weight"] == [3, 32]
         assert r["local_shapes"]["stem.weight"] == [16, 16]

@@ -818,3 +818,17 @@ def test_zoo_matches_load_state_dict(lib: str, name: str, tmp_path) -> None:
     assert len(report.loaded) == len(src.state_dict())
     for (k, a), (_, b) in zip(ref.state_dict().items(), ours.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_frozen_batchnorm_strict_hint() -> None:
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    src = torchvision.models.resnet18(weights=None)
+    m = torchvision.models.resnet18(weights=None, norm_layer=FrozenBatchNorm2d)
+    with pytest.raises(
+        LoadError, match=r"(?s)unexpected \(20\).*hint: exclude='\*\*\.num_batches_tracked'"
+    ):
+        load_partial(src, into=m, strict=True)
+    report = load_partial(src, into=m, strict=True, exclude="**.num_batches_tracked")
+    assert len(report.loaded) == 102
+    assert torch.equal(m.bn1.running_var, src.bn1.running_var)

@@ -271,3 +271,10 @@ def test_norm_shortcut_still_raises_on_wrong_channels() -> None:
     ln = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(5))
     with pytest.raises(surgery.VerificationError, match=r"forward: fails on the meta device"):
         surgery.verify(ln, (2, 3))
+
+
+def test_summary_input_data_goes_to_meta_too() -> None:
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    stats = surgery.summary(m, input_data=[torch.rand(5, 3)])
+    assert stats.summary_list[-1].output_size == [5, 4]
+    assert m[0].weight.device.type == "cpu"
