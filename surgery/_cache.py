@@ -141,24 +141,52 @@ def _sample(t: torch.Tensor) -> torch.Tensor:
     return picked.to(torch.float64)
 
 
-def _values(tensors: list[torch.Tensor]) -> torch.Tensor | None:
-    """A cheap digest of the tensors' values, as one float64 CPU tensor.
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr() if t.device.type != "meta" else 0
+
+
+def _probe(name: str, t: torch.Tensor) -> tuple[Any, ...] | None:
+    """A numpy view of a CPU tensor's bits and three of its elements, for cheap re-reads."""
+    if t.device.type != "cpu" or t.numel() == 0 or not t.is_contiguous():
+        return None
+    as_int = _INT_OF_SIZE.get(t.element_size())
+    if as_int is None:
+        return None
+    try:
+        arr = t.detach().reshape(-1).view(as_int).numpy()
+    except (RuntimeError, TypeError):
+        return None
+    n = len(arr)
+    i, j, k = 0, n // 2, n - 1
+    return (name, arr.item, i, j, k, arr.item(i), arr.item(j), arr.item(k))
+
+
+def _values(state: list[tuple[str, torch.Tensor]]) -> tuple[torch.Tensor | None, list[str]]:
+    """A cheap digest of the tensors' values (one float64 CPU tensor) and whose each entry is.
 
     On accelerators, the norm of every floating tensor (``torch._foreach_norm``,
     a handful of fused kernels and one copy); on the CPU, 8 strided elements
     of each tensor.
     """
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for t in tensors:
+    groups: dict[tuple[torch.device, torch.dtype], list[tuple[str, torch.Tensor]]] = {}
+    for n, t in state:
         if t.device.type != "meta":
-            groups.setdefault((t.device, t.dtype), []).append(t.detach())
-    parts = []
-    for (dev, dtype), ts in groups.items():
+            groups.setdefault((t.device, t.dtype), []).append((n, t.detach()))
+    parts: list[torch.Tensor] = []
+    owners: list[str] = []
+    for (dev, dtype), items in groups.items():
+        ts = [t for _, t in items]
         if dev.type != "cpu" and dtype.is_floating_point:
             parts.append(torch.stack(torch._foreach_norm(ts)).to("cpu", torch.float64))
+            owners += [n for n, _ in items]
         else:
-            parts.append(torch.cat([_sample(t) for t in ts]).cpu())
-    return torch.cat(parts) if parts else None
+            samples = [_sample(t) for t in ts]
+            parts.append(torch.cat(samples).cpu())
+            owners += [n for (n, _), x in zip(items, samples) for _ in range(len(x))]
+    return (torch.cat(parts) if parts else None), owners
 
 
 class _Watch:
@@ -171,22 +199,41 @@ class _Watch:
         self.names = [n for n, _ in state]
         self.tensors = [t for _, t in state]
         self.versions = [t._version for t in self.tensors]
+        self.ptrs = [_ptr(t) for t in self.tensors]
+        self.probes = [p for p in (_probe(n, t) for n, t in state) if p is not None]
         self.full = self._signature(state)
 
     @staticmethod
-    def _signature(state: list[tuple[str, torch.Tensor]]) -> tuple[list[Any], torch.Tensor | None]:
+    def _signature(
+        state: list[tuple[str, torch.Tensor]],
+    ) -> tuple[list[Any], tuple[torch.Tensor | None, list[str]]]:
         keys = [
             (n, id(t), t.data_ptr() if t.device.type != "meta" else 0, tuple(t.shape))
             for n, t in state
         ]
-        return keys, _values([t for _, t in state])
+        return keys, _values(state)
 
     def light(self) -> str | None:
-        """The name of a tensor whose version changed, or None."""
+        """The name of a tensor whose version, storage or probed values changed, or None.
+
+        Version counters catch optimizer steps, ``load_state_dict`` and in-place
+        edits; storage pointers catch ``.data = ...`` and ``.to(...)``; three
+        probed elements per CPU tensor catch ``.data`` edits in place.
+        """
         now = [t._version for t in self.tensors]
-        if now == self.versions:
-            return None
-        return next(n for n, a, b in zip(self.names, now, self.versions) if a != b)
+        if now != self.versions:
+            return next(n for n, a, b in zip(self.names, now, self.versions) if a != b)
+        ptrs = [_ptr(t) for t in self.tensors]
+        if ptrs != self.ptrs:
+            return next(n for n, a, b in zip(self.names, ptrs, self.ptrs) if a != b)
+        for name, item, i, j, k, a, b, c in self.probes:
+            if item(i) != a or item(j) != b or item(k) != c:
+                return name
+        return None
+
+    def release(self) -> None:
+        """Drop the views on the body's storage (once stale, they serve no purpose)."""
+        self.probes = []
 
     def thorough(self) -> str | None:
         """Re-collect the body's tensors and compare identity, storage and sampled values."""
@@ -204,10 +251,11 @@ class _Watch:
                 if old.get(k[0]) != k:
                     return k[0]
             return next((k[0] for k in old_keys if k[0] not in {x[0] for x in keys}), "?")
-        if values is not None and old_values is not None:
-            a, b = values.view(torch.int64), old_values.view(torch.int64)
-            if not torch.equal(a, b):
-                return "a parameter or buffer (its values)"
+        (now, owners), (before, _) = values, old_values
+        if now is not None and before is not None:
+            differ = (now.view(torch.int64) != before.view(torch.int64)).nonzero()
+            if len(differ):
+                return owners[int(differ[0])]
         return None
 
 
@@ -269,6 +317,8 @@ class FeatureCache(Dataset):
 
     def _raise_stale(self, what: str) -> None:
         self._stale = what
+        if self._watch is not None:
+            self._watch.release()
         where = f"at {str(self.path)!r}" if self.path is not None else "in memory"
         body = self._watch.body_type if self._watch is not None else "body"
         raise StaleCacheError(
@@ -334,8 +384,9 @@ class FeatureCache(Dataset):
         return list(zip(feats, self.targets.index_select(0, idx).unbind(0)))
 
     def __iter__(self) -> Iterator[Any]:
+        self._guard(len(self))  # once for the whole pass
         for i in range(len(self)):
-            yield self[i]
+            yield self.features[i] if self.targets is None else (self.features[i], self.targets[i])
 
     def loader(
         self,

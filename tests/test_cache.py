@@ -250,10 +250,24 @@ def test_stale_after_replacing_a_parameter_or_data_edit(
         cache.check()  # a thorough check: the first read, every epoch of reads, or check()
     cache2 = surgery.precompute(body, data, progress=False)
     cache2[0]
-    body.net[1].bias.data.add_(1.0)  # .data bumps no version counter
-    with pytest.raises(surgery.StaleCacheError, match="values"):
-        cache2.check()
+    body.net[1].bias.data.add_(1.0)  # .data bumps no version counter: a probed element moves
+    with pytest.raises(surgery.StaleCacheError, match=r"net\.1\.bias"):
+        cache2[1]
     assert cache2.is_stale
+    cache3 = surgery.precompute(body, data, progress=False)
+    cache3[0]
+    body.net[0].weight.data = body.net[0].weight.data * 2  # new storage
+    with pytest.raises(surgery.StaleCacheError, match=r"net\.0\.weight"):
+        cache3[1]
+
+
+def test_thorough_check_catches_an_edit_between_probes(body: Counting, data: TensorDataset) -> None:
+    cache = surgery.precompute(body, data, progress=False)
+    cache[0]  # the first read is thorough, the next ones light
+    body.net[0].weight.data.view(-1)[27] += 1.0  # sampled by check(), not probed per read
+    cache[1]
+    with pytest.raises(surgery.StaleCacheError, match=r"'net\.0\.weight' changed"):
+        cache.check()
 
 
 def test_not_stale_when_only_the_head_trains(body: Counting, data: TensorDataset) -> None:

@@ -127,3 +127,24 @@ def test_convert_refuses_unsafe(tmp_path, capsys) -> None:
     assert main(["convert", str(tmp_path / "evil.pt"), str(tmp_path / "o.safetensors")]) == 2
     captured = capsys.readouterr()
     assert "pwned" not in captured.out and "refusing to load" in captured.err
+
+
+def test_plan_at_and_strict(tmp_path, capsys) -> None:
+    m = torchvision.models.resnet18(weights=None)
+    part = {k[len("layer4.") :]: v for k, v in m.state_dict().items() if k.startswith("layer4.")}
+    torch.save(part, tmp_path / "layer4.pt")
+    rc = main(
+        [
+            "plan",
+            str(tmp_path / "layer4.pt"),
+            "--into",
+            "torchvision:resnet18",
+            "--at",
+            "layer4",
+            "--strict",
+            "--json",
+        ]
+    )
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0 and len(data["loaded"]) == 30 and data["missing"] == []
+    assert data["loaded"][0] == "layer4.0.conv1.weight"

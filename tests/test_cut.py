@@ -441,6 +441,28 @@ def test_inception_aux_head_is_not_a_cut_point_in_eval() -> None:
         torch.testing.assert_close(tail(head(x)), model(x))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "size", "paths"),
+    [
+        ("densenet121", 64, ["features.denseblock2.denselayer3.conv1", "features.transition3"]),
+        ("convnext_tiny", 64, ["features.3.4.block.2", "classifier.1"]),
+        ("vit_b_16", 224, ["encoder.layers.encoder_layer_5.mlp.1", "encoder.ln"]),
+    ],
+)
+def test_split_is_lossless_on_full_size_models(name: str, size: int, paths: list[str]) -> None:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        expected = model(x)
+        for path in paths:
+            head, tail = surgery.split(model, path, copy=False)
+            torch.testing.assert_close(tail(head(x)), expected)
+        reference = create_feature_extractor(model, {paths[-1]: "out"})
+        torch.testing.assert_close(surgery.cut(model, paths[-1])(x), reference(x)["out"])
+
+
 def test_getitem_unpacking_is_used_for_carried_values() -> None:
     model = zoo("resnet18")[0]
     _, tail = surgery.split(model, "layer2.0.conv1")

@@ -832,3 +832,15 @@ def test_frozen_batchnorm_strict_hint() -> None:
     report = load_partial(src, into=m, strict=True, exclude="**.num_batches_tracked")
     assert len(report.loaded) == 102
     assert torch.equal(m.bn1.running_var, src.bn1.running_var)
+
+
+def test_lazy_view_reads_only_what_is_accessed(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    src = rand_sd(Net())
+    save_file(src, tmp_path / "m.safetensors")
+    sd = load_partial(tmp_path / "m.safetensors", include="head", rename={"head.": "fc."})
+    assert sd.source.bytes_read == 0 and sd.info("fc.weight").shape == (5, 8)
+    assert torch.equal(sd["fc.bias"], src["head.bias"])
+    assert sd.source.bytes_read == 5 * 4
+    sd.source.close()
