@@ -134,129 +134,132 @@ def _state(body: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def _sample(t: torch.Tensor) -> torch.Tensor:
-    flat = t.detach().reshape(-1)
-    n = flat.numel()
-    picked = flat[:: max(1, n // 8)][:8] if n else flat
-    return picked.to(torch.float64)
-
-
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _ptr(t: torch.Tensor) -> int:
-    return t.data_ptr() if t.device.type != "meta" else 0
-
-
-def _probe(name: str, t: torch.Tensor) -> tuple[Any, ...] | None:
-    """A numpy view of a CPU tensor's bits and three of its elements, for cheap re-reads."""
+def _bits(t: torch.Tensor) -> Any:
+    """A flat numpy view of a contiguous CPU tensor's bits (shares its storage), or None."""
     if t.device.type != "cpu" or t.numel() == 0 or not t.is_contiguous():
         return None
     as_int = _INT_OF_SIZE.get(t.element_size())
     if as_int is None:
         return None
     try:
-        arr = t.detach().reshape(-1).view(as_int).numpy()
+        return t.detach().reshape(-1).view(as_int).numpy()
     except (RuntimeError, TypeError):
         return None
-    n = len(arr)
-    i, j, k = 0, n // 2, n - 1
-    return (name, arr.item, i, j, k, arr.item(i), arr.item(j), arr.item(k))
 
 
-def _values(state: list[tuple[str, torch.Tensor]]) -> tuple[torch.Tensor | None, list[str]]:
-    """A cheap digest of the tensors' values (one float64 CPU tensor) and whose each entry is.
-
-    On accelerators, the norm of every floating tensor (``torch._foreach_norm``,
-    a handful of fused kernels and one copy); on the CPU, 8 strided elements
-    of each tensor.
-    """
-    groups: dict[tuple[torch.device, torch.dtype], list[tuple[str, torch.Tensor]]] = {}
-    for n, t in state:
-        if t.device.type != "meta":
-            groups.setdefault((t.device, t.dtype), []).append((n, t.detach()))
-    parts: list[torch.Tensor] = []
-    owners: list[str] = []
-    for (dev, dtype), items in groups.items():
-        ts = [t for _, t in items]
-        if dev.type != "cpu" and dtype.is_floating_point:
-            parts.append(torch.stack(torch._foreach_norm(ts)).to("cpu", torch.float64))
-            owners += [n for n, _ in items]
-        else:
-            samples = [_sample(t) for t in ts]
-            parts.append(torch.cat(samples).cpu())
-            owners += [n for (n, _), x in zip(items, samples) for _ in range(len(x))]
-    return (torch.cat(parts) if parts else None), owners
+def _sample(t: torch.Tensor) -> torch.Tensor:
+    flat = t.detach().reshape(-1)
+    picked = flat[:: max(1, flat.numel() // 8)][:8]
+    return picked.to(torch.float64).cpu()
 
 
 class _Watch:
-    """What the body looked like when the features were computed."""
+    """What the body looked like when the features were computed.
+
+    Per read (:meth:`light`): version counters (optimizer steps,
+    ``load_state_dict``, in-place edits), storage pointers (``.data = ...``,
+    ``.to(...)``) and one element per CPU tensor (``.data`` edits in place),
+    read through numpy views of the body's storage. Thorough (:meth:`thorough`):
+    the body's tensors collected again (replaced parameters) and a digest of
+    values: 8 strided elements per CPU tensor, the norm of every floating
+    accelerator tensor (``torch._foreach_norm``, which also catches fused
+    optimizers).
+    """
 
     def __init__(self, body: nn.Module) -> None:
         self.ref = weakref.ref(body)
         self.body_type = type(body).__name__
         state = _state(body)
+        self.keys = self._keys(state)
         self.names = [n for n, _ in state]
         self.tensors = [t for _, t in state]
         self.versions = [t._version for t in self.tensors]
-        self.ptrs = [_ptr(t) for t in self.tensors]
-        self.probes = [p for p in (_probe(n, t) for n, t in state) if p is not None]
-        self.full = self._signature(state)
+        self.ptrs = [t.data_ptr() for t in self.tensors]
+        self.probes: list[tuple[str, Any, int, int]] = []  # name, arr.item, index, bits
+        self.views: list[tuple[str, Any, int, bytes]] = []  # name, arr, step, bits
+        self.others: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # CPU, no view
+        accel: list[tuple[str, torch.Tensor]] = []
+        for name, t in state:
+            if t.device.type == "meta":
+                continue
+            arr = _bits(t)
+            if arr is not None:
+                mid = len(arr) // 2
+                self.probes.append((name, arr.item, mid, arr.item(mid)))
+                step = max(1, len(arr) // 8)
+                self.views.append((name, arr, step, arr[::step][:8].tobytes()))
+            elif t.device.type == "cpu" or not t.is_floating_point():
+                self.others.append((name, t, _sample(t)))
+            else:
+                accel.append((name, t))
+        self.accel_names = [n for n, _ in accel]
+        self.accel = [t.detach() for _, t in accel]
+        self.norms = self._norms()
 
     @staticmethod
-    def _signature(
-        state: list[tuple[str, torch.Tensor]],
-    ) -> tuple[list[Any], tuple[torch.Tensor | None, list[str]]]:
-        keys = [
-            (n, id(t), t.data_ptr() if t.device.type != "meta" else 0, tuple(t.shape))
-            for n, t in state
-        ]
-        return keys, _values(state)
+    def _keys(state: list[tuple[str, torch.Tensor]]) -> list[tuple[str, int, int, tuple[int, ...]]]:
+        return [(n, id(t), t.data_ptr(), tuple(t.shape)) for n, t in state]
+
+    def _norms(self) -> torch.Tensor | None:
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, t in enumerate(self.accel):
+            groups.setdefault((t.device, t.dtype), []).append(i)
+        if not groups:
+            return None
+        out = torch.empty(len(self.accel), dtype=torch.float64)
+        for idx in groups.values():
+            norms = torch._foreach_norm([self.accel[i] for i in idx])
+            out[idx] = torch.stack(norms).to("cpu", torch.float64)
+        return out
 
     def light(self) -> str | None:
-        """The name of a tensor whose version, storage or probed values changed, or None.
-
-        Version counters catch optimizer steps, ``load_state_dict`` and in-place
-        edits; storage pointers catch ``.data = ...`` and ``.to(...)``; three
-        probed elements per CPU tensor catch ``.data`` edits in place.
-        """
+        """The name of a tensor whose version, storage or probed element changed, or None."""
         now = [t._version for t in self.tensors]
         if now != self.versions:
             return next(n for n, a, b in zip(self.names, now, self.versions) if a != b)
-        ptrs = [_ptr(t) for t in self.tensors]
+        ptrs = [t.data_ptr() for t in self.tensors]
         if ptrs != self.ptrs:
             return next(n for n, a, b in zip(self.names, ptrs, self.ptrs) if a != b)
-        for name, item, i, j, k, a, b, c in self.probes:
-            if item(i) != a or item(j) != b or item(k) != c:
+        for name, item, i, value in self.probes:
+            if item(i) != value:
                 return name
         return None
 
-    def release(self) -> None:
-        """Drop the views on the body's storage (once stale, they serve no purpose)."""
-        self.probes = []
-
     def thorough(self) -> str | None:
-        """Re-collect the body's tensors and compare identity, storage and sampled values."""
+        """:meth:`light`, then the body's tensors collected again and a digest of values."""
         changed = self.light()
         if changed is not None:
             return changed
         body = self.ref()
         if body is None:
             return None  # the body is gone: nothing can have changed it
-        keys, values = self._signature(_state(body))
-        old_keys, old_values = self.full
-        if keys != old_keys:
-            old = {k[0]: k for k in old_keys}
+        keys = self._keys(_state(body))
+        if keys != self.keys:
+            old = {k[0]: k for k in self.keys}
             for k in keys:
                 if old.get(k[0]) != k:
                     return k[0]
-            return next((k[0] for k in old_keys if k[0] not in {x[0] for x in keys}), "?")
-        (now, owners), (before, _) = values, old_values
-        if now is not None and before is not None:
-            differ = (now.view(torch.int64) != before.view(torch.int64)).nonzero()
+            return next((k[0] for k in self.keys if k[0] not in {x[0] for x in keys}), "?")
+        for name, arr, step, bits in self.views:
+            if arr[::step][:8].tobytes() != bits:
+                return name
+        for name, t, sample in self.others:
+            if not torch.equal(_sample(t).view(torch.int64), sample.view(torch.int64)):
+                return name
+        if self.norms is not None:
+            now_norms = self._norms()
+            assert now_norms is not None
+            differ = (now_norms.view(torch.int64) != self.norms.view(torch.int64)).nonzero()
             if len(differ):
-                return owners[int(differ[0])]
+                return self.accel_names[int(differ[0])]
         return None
+
+    def release(self) -> None:
+        """Drop the views on the body's storage (once stale, they serve no purpose)."""
+        self.probes, self.views, self.others, self.accel = [], [], [], []
 
 
 # ---------------------------------------------------------------------------
@@ -279,6 +282,13 @@ class FeatureCache(Dataset):
         path: the cache directory on disk, or None when held in memory.
         key: the fingerprint of body and data (empty when not computed).
         reused: True when the features were read from an existing cache on disk.
+
+    Example:
+        >>> import torch, surgery
+        >>> cache = surgery.FeatureCache(torch.randn(10, 4), torch.arange(10))
+        >>> features, target = cache[3]
+        >>> len(cache), features.shape, int(target)
+        (10, torch.Size([4]), 3)
     """
 
     def __init__(

@@ -161,10 +161,13 @@ def compose(
         raise ArgumentError(f"compose() needs at least one part; {_PART_HELP}")
     sizes = normalize_input_size(input_size) if input_size is not None else None
     planned = [(name, *_plan_part(name, part)) for name, part in parts.items()]
-    # build: all (model, path) parts are copied together, so ties among them survive
-    taken = {name: module for name, module, source, _ in planned if source is not None}
-    if copy and taken:
-        taken = copy_objects(taken)
+    # build: each (model, path) part is copied on its own, as take() does, so taking
+    # the same block twice gives two independent blocks
+    taken = {
+        name: copy_objects({"m": module})["m"] if copy else module
+        for name, module, source, _ in planned
+        if source is not None
+    }
     children = OrderedDict(
         (name, taken.get(name, module) if source is not None else module)
         for name, module, source, _ in planned

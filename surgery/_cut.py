@@ -27,6 +27,7 @@ import functools
 import inspect
 import math
 import operator
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,8 +37,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ._errors import ArgumentError, PathError, SurgeryError, TraceError
+from ._errors import ArgumentError, PathError, PathNotFoundError, SurgeryError, TraceError
 from ._graph import resolve
+from ._path import parse_path
 
 __all__ = [
     "Traced",
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 _MAX_RETRIES = 32
+_FX_SUFFIX = re.compile(r".+_[0-9]+$")
 
 _TRY = (
     "  try: surgery.take(model, {path!r}) for the module itself (without the forward code "
@@ -111,6 +114,26 @@ class _Tracer(fx.Tracer):
         self.calls: dict[str, list[Any]] = {}
         self.failed: str | None = None
         self.failure: BaseException | None = None
+        self.names: dict[str, fx.Node] = {}  # torchvision-style node names
+        self._counts: dict[str, int] = {}
+
+    def create_proxy(
+        self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **options: Any
+    ) -> fx.Proxy:
+        proxy = super().create_proxy(kind, target, args, kwargs, *rest, **options)
+        node = proxy.node
+        # the naming of torchvision's NodePathTracer: scope path + op name, with a
+        # counter per name within its scope ("layer1.0.relu", then "layer1.0.relu_1")
+        scope = next(reversed(self.module_stack.values()))[0] if self.module_stack else ""
+        name = scope
+        if node.op != "call_module":
+            name = f"{scope}.{node.name}" if scope else node.name
+        if _FX_SUFFIX.match(name):
+            name = name.rsplit("_", 1)[0]
+        count = self._counts.get(name)
+        self._counts[name] = 0 if count is None else count + 1
+        self.names[name if count is None else f"{name}_{count + 1}"] = node
+        return proxy
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaves or isinstance(m, self.leaf_types):
@@ -151,6 +174,8 @@ class Traced:
         opaque: paths made opaque because their ``forward`` could not be traced,
             with the reason.
         attrs: constants ``torch.fx`` stowed on the root (``_tensor_constant0``...).
+        names: torchvision-style node names (``"layer1.0.relu_1"``, ``"flatten"``),
+            as ``get_graph_node_names`` gives them, -> node.
     """
 
     model: nn.Module
@@ -159,6 +184,7 @@ class Traced:
     leaves: set[str]
     opaque: dict[str, str] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
+    names: dict[str, fx.Node] = field(default_factory=dict)
 
     def index(self) -> dict[fx.Node, int]:
         return {n: i for i, n in enumerate(self.graph.nodes)}
@@ -201,7 +227,7 @@ def trace_model(model: nn.Module) -> Traced:
         finally:
             stowed = {k: model.__dict__.pop(k) for k in set(model.__dict__) - before}
         leaves = {n.target for n in graph.nodes if n.op == "call_module"}
-        return Traced(model, graph, tracer.calls, leaves, opaque, stowed)  # type: ignore[arg-type]
+        return Traced(model, graph, tracer.calls, leaves, opaque, stowed, tracer.names)  # type: ignore[arg-type]
     raise TraceError(  # pragma: no cover - pathological
         f"torch.fx cannot trace {type(model).__name__}: more than {_MAX_RETRIES} submodules "
         f"fail to trace ({', '.join(opaque)})"
@@ -219,7 +245,8 @@ def trace(model: nn.Module) -> fx.GraphModule:
     ``gm.meta["surgery_calls"]`` maps each module path to the output of each of
     its calls (``fx.Node`` in place of tensors); ``gm.meta["surgery_opaque"]``
     maps submodules that could not be traced (called as opaque steps) to the
-    reason.
+    reason; ``gm.meta["surgery_names"]`` maps torchvision-style node names
+    (``"layer1.0.relu_1"``) to nodes.
 
     Raises:
         TraceError: the model's own forward is not traceable.
@@ -242,6 +269,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
     gm.training = model.training
     gm.meta["surgery_calls"] = t.calls
     gm.meta["surgery_opaque"] = dict(t.opaque)
+    gm.meta["surgery_names"] = dict(t.names)
     return gm
 
 
@@ -278,8 +306,18 @@ def _leaves_of(structure: Any) -> list[fx.Node]:
 
 
 def _cut_structure(t: Traced, model: nn.Module, path: str) -> tuple[str, Any]:
-    """The canonical path and the output structure of its first call."""
-    target = resolve(model, path)
+    """The canonical path and the output structure of its first call.
+
+    A path that names no module may be a torchvision node name (``"flatten"``,
+    ``"layer1.0.relu_1"``, ``"layer1.0.add"``): the cut is then after that node.
+    """
+    try:
+        target = resolve(model, path)
+    except PathNotFoundError:
+        node = t.names.get(str(path))
+        if node is None or node.op == "placeholder":
+            raise
+        return str(path), node
     name = target.name
     if target.is_slice:
         members = target.member_names()
@@ -297,6 +335,16 @@ def _cut_structure(t: Traced, model: nn.Module, path: str) -> tuple[str, Any]:
                 f"the input, so there is nothing to cut after"
             )
         return name, structure
+    if isinstance(model, fx.GraphModule):
+        # a GraphModule (e.g. a previous cut) calls leaves directly, never their
+        # containers: a container's output is its last leaf call, as in torchvision
+        inner = [
+            n
+            for n in t.graph.nodes
+            if n.op == "call_module" and str(n.target).startswith(name + ".")
+        ]
+        if inner:
+            return name, inner[-1]
     # explain why this module has no output of its own
     for opaque, reason in t.opaque.items():
         if name.startswith(opaque + "."):
@@ -606,7 +654,10 @@ def cut(model: nn.Module, path: str, *, copy: bool = True) -> nn.Module:
     reshapes) is kept, and everything not needed for that output is dropped.
     A module that forward calls more than once is cut after its first call
     (like torchvision's node names: ``relu``, then ``relu_1``). A slice path
-    (``"features[:7]"``) cuts after its last member. The graph follows the
+    (``"features[:7]"``) cuts after its last member. A path that names no
+    module may be a node name of torchvision's ``get_graph_node_names``
+    (``"flatten"``, ``"layer1.0.relu_1"``, ``"layer2.0.add"``): the cut is
+    then after that operation. The graph follows the
     control flow of the model's current mode (``model.training``); modules
     without children (Dropout, StochasticDepth...) stay live steps that follow
     the result's mode.
@@ -614,7 +665,8 @@ def cut(model: nn.Module, path: str, *, copy: bool = True) -> nn.Module:
     Args:
         model: any traceable ``nn.Module`` (all torchvision classification
             models, timm models). It is not changed.
-        path: the module to cut after, e.g. ``"layer3"`` or ``"features.6"``.
+        path: the module to cut after, e.g. ``"layer3"`` or ``"features.6"``
+            (or a torchvision node name, see above).
         copy: copy the parameters and buffers (default), so the result never
             shares them with ``model``; ``copy=False`` shares them on purpose.
 
@@ -697,8 +749,7 @@ def split(model: nn.Module, path: str, *, copy: bool = True) -> tuple[nn.Module,
     """
     _check_copy(copy)
     try:
-        target = resolve(model, path)
-        if target.parent is None:
+        if parse_path(path).is_root:
             raise ArgumentError(
                 "cannot split at the root (path ''): name a module, e.g. "
                 f"{_first_child(model)!r}; use surgery.cut(model, '') for the whole forward"

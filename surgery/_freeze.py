@@ -445,7 +445,15 @@ def freeze_to(model: nn.Module, n: int, *, split_at: Any, bn: str = "eval") -> n
 
 @dataclass(frozen=True)
 class TrainableRow:
-    """One top-level module: parameter counts (elements) and its BatchNorm layers by policy."""
+    """One top-level module: parameter counts (elements) and its BatchNorm layers by policy.
+
+    Example:
+        >>> import torchvision, surgery
+        >>> m = torchvision.models.resnet18(weights=None)
+        >>> row = surgery.trainable(surgery.freeze(m, "layer1"))["layer1"]
+        >>> row.trainable, row.frozen, row.state, row.bn
+        (0, 147968, 'frozen', {'eval': 4})
+    """
 
     name: str
     type: str
@@ -464,7 +472,20 @@ class TrainableRow:
 
 @dataclass
 class TrainableReport:
-    """The result of :func:`trainable`: ``rows`` as data, ``str()`` as a table."""
+    """The result of :func:`trainable`: ``rows`` as data, ``str()`` as a table.
+
+    ``report[name]`` is the row of a top-level module; ``to_dict()`` and
+    ``to_json()`` give the same data for tools.
+
+    Example:
+        >>> import torchvision, surgery
+        >>> m = torchvision.models.resnet18(weights=None)
+        >>> report = surgery.trainable(surgery.freeze(m))
+        >>> report.trainable, report.frozen
+        (0, 11689512)
+        >>> report.to_dict()["rows"][1]
+        {'name': 'bn1', 'type': 'BatchNorm2d', 'trainable': 0, 'frozen': 128, 'bn': {'eval': 1}, 'state': 'frozen'}
+    """
 
     model_type: str
     rows: list[TrainableRow] = field(default_factory=list)

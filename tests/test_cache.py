@@ -270,6 +270,16 @@ def test_thorough_check_catches_an_edit_between_probes(body: Counting, data: Ten
         cache.check()
 
 
+def test_stale_after_fused_optimizer_step(body: Counting, data: TensorDataset) -> None:
+    cache = surgery.precompute(body, data, progress=False)
+    cache[0]
+    opt = torch.optim.AdamW(body.parameters(), lr=1e-2, fused=True)  # bumps no version counter
+    body.eval()(data.tensors[0][:4]).sum().backward()
+    opt.step()
+    with pytest.raises(surgery.StaleCacheError, match=r"'net\.0\.weight' changed"):
+        cache[1]
+
+
 def test_not_stale_when_only_the_head_trains(body: Counting, data: TensorDataset) -> None:
     surgery.freeze(body)
     cache = surgery.precompute(body, data, progress=False)

@@ -151,6 +151,12 @@ def test_two_hybrids_from_one_source_share_no_parameter() -> None:
     assert torch.equal(b.block3[0].conv1.weight, resnet18().layer3[0].conv1.weight)
 
 
+def test_the_same_block_taken_twice_gives_two_blocks() -> None:
+    net = surgery.compose(a=(resnet18(), "layer1"), b=(resnet18(), "layer1"))
+    assert net.a is not net.b
+    assert net.a[0].conv1.weight is not net.b[0].conv1.weight
+
+
 def test_copy_false_shares_on_purpose() -> None:
     net = surgery.compose(block3=(resnet18(), "layer3"), copy=False)
     assert net.block3 is resnet18().layer3

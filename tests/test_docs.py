@@ -2,8 +2,12 @@
 
 - Every fenced ```python block of a page runs, in order, in one namespace per page,
   in a fresh temporary working directory. A block whose first line is ``# skip`` is
-  shown but not run (slow or illustrative code). A block written as a doctest
-  (``>>>`` prompts) is checked as one, output included.
+  shown but not run (slow or illustrative code); a page holding the comment
+  ``<!-- docs-test: skip -->`` is not run at all. A block written as a doctest
+  (``>>>`` prompts) is checked as one, output included. A block followed by a
+  ```text block that shows an error (``surgery.ShapeMismatchError: ...``) must raise
+  that error. A block that is not Python but a signature (``f(a, *, b=None)``) is
+  shown only.
 - Every ``$ surgery ...`` line of a ```console block runs through the CLI's
   ``main`` after the page's python blocks (which may create the files it reads) and
   must exit 0.
@@ -45,8 +49,42 @@ def blocks(text: str, langs: tuple[str, ...]) -> list[tuple[int, str]]:
         first = body.strip().splitlines()[0].strip() if body.strip() else ""
         if first.lower().startswith("# skip"):
             continue
+        if all(line.strip().startswith("--8<--") for line in body.splitlines() if line.strip()):
+            continue  # a snippet include (a recipe's full source), run by the recipe itself
         found.append((text.count("\n", 0, m.start()) + 2, body))
     return found
+
+
+PAGE_SKIP = "<!-- docs-test: skip -->"
+# Pages whose python blocks illustrate setups a test cannot build (multi-GB checkpoints,
+# process groups); prefer marking such blocks with '# skip' in the page itself.
+PAGES_NOT_RUN = {"scale.md": "illustrative: multi-GB checkpoints and FSDP process groups"}
+ERROR_LINE = re.compile(r"^(?:Traceback|(?:[\w.]+\.)?(?P<name>\w+(?:Error|Exception|Exit)):)", re.M)
+
+
+def expected_error(text: str, end: int) -> str | None:
+    """The exception name a ```text block right after position ``end`` shows, if any."""
+    m = re.compile(r"\s*```text[^\n]*\n(?P<body>.*?)^```", re.M | re.S).match(text, end)
+    if m is None:
+        return None
+    err = ERROR_LINE.search(m.group("body"))
+    if err is None:
+        return None
+    return err.group("name") or "Exception"
+
+
+def python_blocks(text: str) -> list[tuple[int, str, str | None]]:
+    """``(line, code, expected error name)`` for the python blocks to run."""
+    out = []
+    for m in FENCE.finditer(text):
+        if m.group("lang").lower() not in ("python", "pycon", "py"):
+            continue
+        found = blocks(m.group(0), ("python", "pycon", "py"))
+        if not found:
+            continue  # a '# skip' block
+        _, code = found[0]
+        out.append((text.count("\n", 0, m.start()) + 2, code, expected_error(text, m.end())))
+    return out
 
 
 def commands(text: str) -> list[tuple[int, list[str]]]:
@@ -64,7 +102,13 @@ def _rel(page: Path) -> str:
     return str(page.relative_to(ROOT))
 
 
-RUNNABLE = [p for p in PAGES if blocks(p.read_text(), ("python", "pycon")) or commands(p.read_text())]
+RUNNABLE = [
+    p
+    for p in PAGES
+    if PAGE_SKIP not in p.read_text()
+    and p.name not in PAGES_NOT_RUN
+    and (python_blocks(p.read_text()) or commands(p.read_text()))
+]
 
 
 def test_docs_exist() -> None:
@@ -95,14 +139,25 @@ def test_page_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     with warnings.catch_warnings():
         # Examples may demonstrate a warning on purpose; they run as a reader runs them.
         warnings.simplefilter("default")
-        for lineno, code in blocks(text, ("python", "pycon")):
+        for lineno, code, error in python_blocks(text):
             if code.lstrip().startswith(">>>"):
                 _run_doctest(code, ns, name, lineno)
                 continue
             try:
-                exec(compile(code, f"{name}:{lineno}", "exec"), ns)
+                compiled = compile(code, f"{name}:{lineno}", "exec")
+            except SyntaxError:
+                if "*," in code:  # a signature shown as documentation, not code
+                    continue
+                raise
+            try:
+                exec(compiled, ns)
             except Exception as e:  # report which block failed, with the error
+                if error is not None and error in {c.__name__ for c in type(e).__mro__}:
+                    continue  # the page shows this error on purpose
                 pytest.fail(f"{name}: python block at line {lineno} raised {type(e).__name__}: {e}", pytrace=False)
+            else:
+                if error is not None:
+                    pytest.fail(f"{name}: python block at line {lineno} should raise {error} (the page shows it)", pytrace=False)
         for lineno, argv in commands(text):
             try:
                 rc = cli.main(argv)
@@ -142,6 +197,11 @@ def test_nav_lists_every_page() -> None:
     nav = (ROOT / "mkdocs.yml").read_text()
     missing = [str(p.relative_to(DOCS)) for p in PAGES if str(p.relative_to(DOCS)) not in nav]
     assert not missing, f"pages missing from mkdocs.yml nav: {missing}"
+
+
+def test_expected_errors_are_read_from_the_text_block() -> None:
+    text = "```python\nf()\n```\n\n```text\nsurgery.ShapeMismatchError: compose: ...\n```\n```python\ng()\n```\n```text\n(1, 10)\n```\n"
+    assert python_blocks(text) == [(2, "f()\n", "ShapeMismatchError"), (9, "g()\n", None)]
 
 
 def test_fence_parser() -> None:
