@@ -12,6 +12,9 @@ Example:
     ['layer4.0.conv1', 'layer4.0.conv2', 'layer4.1.conv1', 'layer4.1.conv2']
 """
 
+from ._cache import FeatureCache, precompute
+from ._compose import compose, take
+from ._cut import cut, split
 from ._errors import (
     ArgumentError,
     CheckpointError,
@@ -28,29 +31,15 @@ from ._errors import (
     TraceError,
     VerificationError,
 )
-from ._graph import delete, find, get, insert, replace
-from ._path import Path, parse_path
-from ._tree import ModelTree, TreeRow, tree
-
-# -- compose (issue 3): take, cut, split, compose, replace_head, adapt_input, create_head,
-#    summary, verify
-from ._compose import compose, take
-from ._cut import cut, split
-from ._heads import adapt_input, create_head, replace_head
-from ._verify import summary, verify
-# -- end compose
-
-# -- freeze (issue 4): freeze, unfreeze, layer_groups, param_groups, freeze_to, precompute,
-#    FeatureCache, trainable
-from ._cache import FeatureCache, precompute
 from ._freeze import TrainableReport, TrainableRow, freeze, freeze_to, trainable, unfreeze
+from ._graph import delete, find, get, insert, replace
 from ._groups import layer_groups, param_groups
-# -- end freeze
-
-# -- load (issue 5/7): load_partial, LoadReport, save_state_dict
+from ._heads import adapt_input, create_head, replace_head
 from ._load import LoadReport, load_partial
+from ._path import Path, parse_path
 from ._save import save_state_dict
-# -- end load
+from ._tree import ModelTree, TreeRow, tree
+from ._verify import summary, verify
 
 __version__ = "0.1.0"
 

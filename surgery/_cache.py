@@ -274,7 +274,9 @@ class FeatureCache(Dataset):
     no targets. ``features`` and ``targets`` are whole tensors (memory-mapped
     from ``path`` when the cache lives on disk), handy for full-batch training.
     A cache made by :func:`precompute` raises :class:`surgery.StaleCacheError`
-    when read after the body's weights changed.
+    when read after the body's weights changed (items, ``DataLoader`` batches,
+    :meth:`loader`); reading the ``features`` attribute directly skips that
+    check, so call :meth:`check` first.
 
     Attributes:
         features: ``(N, *feature_shape)`` tensor on the CPU.
