@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -195,12 +196,16 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     cache = surgery.precompute(body, TensorDataset(x_all, y_all), batch_size=256, progress=False)
     feats = cache.features
-    print(f"  precompute: {len(cache)} images through the frozen body once, features {tuple(feats.shape[1:])}, {time.perf_counter() - t0:.2f} s")
+    print(
+        f"  precompute: {len(cache)} images through the frozen body once, features {tuple(feats.shape[1:])}, {time.perf_counter() - t0:.2f} s"
+    )
     with torch.no_grad():
         same = torch.allclose(top(feats[:64]), model.eval()(x_all[:64]), atol=1e-5)
     check(same, "split + precompute: top(cached features) == model(images)")
 
-    section(f"3. three settings, {args.per_class} labelled images per class, {args.draws} draws, {args.epochs} epochs")
+    section(
+        f"3. three settings, {args.per_class} labelled images per class, {args.draws} draws, {args.epochs} epochs"
+    )
     curves: dict[str, list[list[float]]] = {k: [] for k in SETTINGS}
     for draw in range(args.draws):
         gen = torch.Generator().manual_seed(100 + draw)
@@ -214,8 +219,15 @@ def run(args: argparse.Namespace) -> None:
         opt = torch.optim.SGD(surgery.param_groups(fe, LR, split_at=None), momentum=0.9)
         ft_val = feats[val]
         curves["fe"].append(
-            fit(top, opt, feats[train], yt, args.epochs, torch.Generator().manual_seed(draw),
-                evaluate=lambda top=top, fv=ft_val: accuracy(top, fv, yv))
+            fit(
+                top,
+                opt,
+                feats[train],
+                yt,
+                args.epochs,
+                torch.Generator().manual_seed(draw),
+                evaluate=partial(accuracy, top, ft_val, yv),
+            )
         )
         if draw == 0:  # the trained classifier in the full model agrees with the cache
             check(
@@ -234,16 +246,30 @@ def run(args: argparse.Namespace) -> None:
             check(rates == [0.001, 0.00316, 0.01], "param_groups: slice(1e-3, 1e-2) is geometric")
         opt = torch.optim.SGD(groups, momentum=0.9)
         curves["ft"].append(
-            fit(ft, opt, xt, yt, args.epochs, torch.Generator().manual_seed(draw),
-                evaluate=lambda m=ft: accuracy(m, xv, yv))
+            fit(
+                ft,
+                opt,
+                xt,
+                yt,
+                args.epochs,
+                torch.Generator().manual_seed(draw),
+                evaluate=partial(accuracy, ft, xv, yv),
+            )
         )
 
         # from scratch: same architecture and budget, random weights
         sc, _ = transfer_model(None, seed=1)
         opt = torch.optim.SGD(sc.parameters(), lr=LR, momentum=0.9)
         curves["scratch"].append(
-            fit(sc, opt, xt, yt, args.epochs, torch.Generator().manual_seed(draw),
-                evaluate=lambda m=sc: accuracy(m, xv, yv))
+            fit(
+                sc,
+                opt,
+                xt,
+                yt,
+                args.epochs,
+                torch.Generator().manual_seed(draw),
+                evaluate=partial(accuracy, sc, xv, yv),
+            )
         )
         print(
             f"  draw {draw}: {len(train)} train / {len(val)} val images; final "
@@ -286,8 +312,15 @@ def plot(mean: dict, curves: dict, args: argparse.Namespace) -> None:
     for k, label in SETTINGS.items():
         for run_curve in curves[k]:
             ax.plot(epochs, run_curve, color=colors[k], alpha=0.2, linewidth=1)
-        ax.plot(epochs, mean[k], color=colors[k], linewidth=2.2, marker="o", markersize=4,
-                label=f"{label} (final {mean[k][-1]:.3f})")
+        ax.plot(
+            epochs,
+            mean[k],
+            color=colors[k],
+            linewidth=2.2,
+            marker="o",
+            markersize=4,
+            label=f"{label} (final {mean[k][-1]:.3f})",
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (digits 5-9)")
     ax.set_title(
@@ -311,7 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--draws", type=int, default=3, help="random draws of the labelled images")
     p.add_argument("--per-class", type=int, default=10, help="labelled images per class")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny convs: 1 is fastest)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (tiny convs: 1 is fastest)"
+    )
     run(p.parse_args(argv))
     finish("digits_transfer")
 

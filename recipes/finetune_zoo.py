@@ -82,10 +82,17 @@ def main() -> None:
             count = sum(p.numel() for p in model.parameters() if p.requires_grad)
             if feature_extract:
                 print(f"  {name}: params to learn: {', '.join(got)} ({fmt(count)})")
-            check(got == want, f"{name}: same parameters to learn as the tutorial's code ({len(got)} tensors, {fmt(count)} values)")
-            stats = surgery.verify(model, (1, 3, size, size), output_shape=(1, NUM_CLASSES),
-                                   trainable_params=count)
-            check(tuple(stats.output_size) == (1, NUM_CLASSES), f"{name}: output (1, {NUM_CLASSES}) on (1, 3, {size}, {size})")
+            check(
+                got == want,
+                f"{name}: same parameters to learn as the tutorial's code ({len(got)} tensors, {fmt(count)} values)",
+            )
+            stats = surgery.verify(
+                model, (1, 3, size, size), output_shape=(1, NUM_CLASSES), trainable_params=count
+            )
+            check(
+                tuple(stats.output_size) == (1, NUM_CLASSES),
+                f"{name}: output (1, {NUM_CLASSES}) on (1, 3, {size}, {size})",
+            )
             rows.append((mode, name, len(got), count, sum(p.numel() for p in model.parameters())))
 
     section("summary: parameters to learn")

@@ -39,7 +39,11 @@ def vgg_block(cin: int, cout: int, n: int) -> nn.Sequential:
     """``n`` times conv3x3-BN-ReLU, then a 2x2 max-pool (a VGG stage)."""
     layers: list[nn.Module] = []
     for i in range(n):
-        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+        layers += [
+            nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+        ]
     return nn.Sequential(*layers, nn.MaxPool2d(2))
 
 
@@ -71,14 +75,24 @@ def main() -> None:
     net = mynet1(vgg, resnet)
     print("  " + str(surgery.tree(net, depth=1, input_size=INPUT)).replace("\n", "\n  "))
     stats = surgery.verify(net, INPUT, output_shape=(10, 10), total_params=2_325_002)
-    check(stats.total_params == 2_325_002, f"MyNet1: {fmt(stats.total_params)} params (seed: 2,325,002)")
+    check(
+        stats.total_params == 2_325_002,
+        f"MyNet1: {fmt(stats.total_params)} params (seed: 2,325,002)",
+    )
     out = net.eval()(torch.randn(INPUT))
-    check(tuple(out.shape) == (10, 10), f"MyNet1: a real forward gives {tuple(out.shape)} on {INPUT}")
+    check(
+        tuple(out.shape) == (10, 10), f"MyNet1: a real forward gives {tuple(out.shape)} on {INPUT}"
+    )
     ours = {id(p) for p in net.parameters()}
-    check(not ours & {id(p) for p in vgg.parameters()} and not ours & {id(p) for p in resnet.parameters()},
-          "MyNet1 shares no parameter with vgg16_bn or resnet18 (parts are copies)")
-    check(torch.equal(net.block3[0].conv1.weight, resnet.layer3[0].conv1.weight),
-          "block3 carries resnet18.layer3's values")
+    check(
+        not ours & {id(p) for p in vgg.parameters()}
+        and not ours & {id(p) for p in resnet.parameters()},
+        "MyNet1 shares no parameter with vgg16_bn or resnet18 (parts are copies)",
+    )
+    check(
+        torch.equal(net.block3[0].conv1.weight, resnet.layer3[0].conv1.weight),
+        "block3 carries resnet18.layer3's values",
+    )
 
     section("a junction that does not fit is named before anything runs")
     try:
@@ -95,8 +109,13 @@ def main() -> None:
     section("MyNet2: a small VGG-style network")
     net2 = mynet2()
     stats = surgery.verify(net2, INPUT, output_shape=(10, 10), total_params=925_482)
-    check(stats.total_params == 925_482, f"MyNet2: {fmt(stats.total_params)} params (seed: 925,482)")
-    check(tuple(net2.eval()(torch.randn(INPUT)).shape) == (10, 10), f"MyNet2: output (10, 10) on {INPUT}")
+    check(
+        stats.total_params == 925_482, f"MyNet2: {fmt(stats.total_params)} params (seed: 925,482)"
+    )
+    check(
+        tuple(net2.eval()(torch.randn(INPUT)).shape) == (10, 10),
+        f"MyNet2: output (10, 10) on {INPUT}",
+    )
     finish("hybrid_mynet")
 
 

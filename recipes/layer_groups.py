@@ -64,8 +64,10 @@ def one_model(name: str, split_at: list[str]) -> None:
     for i, (g, size) in enumerate(zip(groups, sizes)):
         print(f"  group {i}: {len(g):>3} tensors, {fmt(size):>11} params, {g[0]} .. {g[-1]}")
     names = [n for n, _ in model.named_parameters()]
-    check([n for g in groups for n in g] == names,
-          f"{len(groups)} groups cover every parameter once, in model order")
+    check(
+        [n for g in groups for n in g] == names,
+        f"{len(groups)} groups cover every parameter once, in model order",
+    )
 
     opt_groups = surgery.param_groups(model, LR, split_at=split_at)
     rates = [g["lr"] for g in opt_groups]
@@ -79,14 +81,21 @@ def one_model(name: str, split_at: list[str]) -> None:
         opt.step()  # (no gradients on meta: a no-op step, keeps the scheduler's order check happy)
         sched.step()
     after = [g["lr"] for g in opt.param_groups]
-    check(close(after, [r * 0.01 for r in want]), "StepLR(step_size=2, gamma=0.1): every group at 1/100 after 5 epochs")
+    check(
+        close(after, [r * 0.01 for r in want]),
+        "StepLR(step_size=2, gamma=0.1): every group at 1/100 after 5 epochs",
+    )
 
     # fastai's Learner.freeze(): only the last group (the head) trains.
     surgery.freeze_to(model, -1, split_at=split_at)
     head_only = surgery.param_groups(model, LR, split_at=split_at)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    check(trainable == set(groups[-1]) and len(head_only) == 1 and math.isclose(head_only[0]["lr"], LR.stop),
-          f"freeze_to(-1): only the last group trains, at {LR.stop:g}; frozen groups get no optimizer entry")
+    check(
+        trainable == set(groups[-1])
+        and len(head_only) == 1
+        and math.isclose(head_only[0]["lr"], LR.stop),
+        f"freeze_to(-1): only the last group trains, at {LR.stop:g}; frozen groups get no optimizer entry",
+    )
     surgery.freeze_to(model, 0, split_at=split_at)  # unfreeze: everything trains again
     check(all(p.requires_grad for p in model.parameters()), "freeze_to(0): everything trains again")
 
@@ -102,19 +111,29 @@ def fastai_learner() -> None:
     split_at = ["body.layer3", "head"]  # fastai's _resnet_split
     groups = surgery.layer_groups(model, split_at)
     print(f"  groups: {[len(g) for g in groups]} tensors; first of each: {[g[0] for g in groups]}")
-    check(groups[1][0] == "body.layer3.0.conv1.weight" and groups[2][0].startswith("head."),
-          "groups start at body.layer3 and at the head")
+    check(
+        groups[1][0] == "body.layer3.0.conv1.weight" and groups[2][0].startswith("head."),
+        "groups start at body.layer3 and at the head",
+    )
     surgery.freeze_to(model, -1, split_at=split_at)
     report = surgery.trainable(model)
     print("  " + str(report).replace("\n", "\n  "))
-    check(report["body"].trainable == 0 and report["head"].frozen == 0, "freeze_to(-1): body frozen, head trains")
+    check(
+        report["body"].trainable == 0 and report["head"].frozen == 0,
+        "freeze_to(-1): body frozen, head trains",
+    )
     surgery.freeze_to(model, 0, split_at=split_at)
-    opt = torch.optim.AdamW(surgery.param_groups(model, slice(1e-5, 1e-3), split_at=split_at), weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        surgery.param_groups(model, slice(1e-5, 1e-3), split_at=split_at), weight_decay=0.01
+    )
     x = torch.randn(4, 3, 64, 64)
     loss = nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3]))
     loss.backward()
     opt.step()
-    check(torch.isfinite(loss).item(), f"one AdamW step with discriminative rates (loss {loss.item():.3f})")
+    check(
+        torch.isfinite(loss).item(),
+        f"one AdamW step with discriminative rates (loss {loss.item():.3f})",
+    )
 
 
 def main() -> None:

@@ -45,33 +45,51 @@ def main() -> None:
     surgery.freeze(model, "body")
     print("  " + str(surgery.trainable(model)).replace("\n", "\n  "))
 
-    stats = surgery.verify(model, INPUT, output_shape=(10, 10), total_params=11_181_642,
-                           trainable_params=10_498_570)
-    check(stats.total_params == 11_181_642, f"total {fmt(stats.total_params)} params (seed: 11,181,642)")
-    check(stats.trainable_params == 10_498_570, f"trainable {fmt(stats.trainable_params)} (seed: 10,498,570)")
+    stats = surgery.verify(
+        model, INPUT, output_shape=(10, 10), total_params=11_181_642, trainable_params=10_498_570
+    )
+    check(
+        stats.total_params == 11_181_642,
+        f"total {fmt(stats.total_params)} params (seed: 11,181,642)",
+    )
+    check(
+        stats.trainable_params == 10_498_570,
+        f"trainable {fmt(stats.trainable_params)} (seed: 10,498,570)",
+    )
     frozen = stats.total_params - stats.trainable_params
     check(frozen == 683_072, f"frozen {fmt(frozen)} (seed: 683,072)")
     check(tuple(stats.output_size) == (10, 10), f"output {tuple(stats.output_size)} on {INPUT}")
 
     section("the parts are copies: no parameter shared with the source models")
     ours = {id(p) for p in model.parameters()}
-    check(not ours & {id(p) for p in pretrained.parameters()} and not ours & {id(p) for p in fresh.parameters()},
-          "no parameter object shared with pretrained or fresh")
-    check(torch.equal(surgery.get(model, "body.layer2.1.conv2").weight, pretrained.layer2[1].conv2.weight),
-          "the body carries the pretrained values")
+    check(
+        not ours & {id(p) for p in pretrained.parameters()}
+        and not ours & {id(p) for p in fresh.parameters()},
+        "no parameter object shared with pretrained or fresh",
+    )
+    check(
+        torch.equal(
+            surgery.get(model, "body.layer2.1.conv2").weight, pretrained.layer2[1].conv2.weight
+        ),
+        "the body carries the pretrained values",
+    )
 
     section("a training step: frozen weights and BatchNorm statistics do not move")
     bn_before = surgery.get(model, "body.layer1.0.bn1").running_mean.clone()
     w_before = model.body.conv1.weight.clone()
     fc_before = model.fc.weight.clone()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01
+    )
     model.train()
     x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
     check(torch.equal(model.body.conv1.weight, w_before), "frozen conv1 weight unchanged")
-    check(torch.equal(surgery.get(model, "body.layer1.0.bn1").running_mean, bn_before),
-          "frozen BatchNorm running_mean unchanged after model.train() and a step")
+    check(
+        torch.equal(surgery.get(model, "body.layer1.0.bn1").running_mean, bn_before),
+        "frozen BatchNorm running_mean unchanged after model.train() and a step",
+    )
     check(not torch.equal(model.fc.weight, fc_before), "the new classifier trained")
 
     section("unfreeze the last frozen block (body.layer2.1)")
@@ -80,10 +98,15 @@ def main() -> None:
     print("  " + str(surgery.trainable(model)).replace("\n", "\n  "))
     stats = surgery.verify(model, INPUT, trainable_params=10_498_570 + block)
     check(block == 295_424, f"layer2.1 holds {fmt(block)} params")
-    check(stats.trainable_params == 10_793_994, f"trainable now {fmt(stats.trainable_params)}, frozen {fmt(stats.total_params - stats.trainable_params)}")
-    check(surgery.get(model, "body.layer2.1.bn1").weight.requires_grad
-          and not surgery.get(model, "body.layer2.0.conv1").weight.requires_grad,
-          "layer2.1 trains, layer2.0 stays frozen")
+    check(
+        stats.trainable_params == 10_793_994,
+        f"trainable now {fmt(stats.trainable_params)}, frozen {fmt(stats.total_params - stats.trainable_params)}",
+    )
+    check(
+        surgery.get(model, "body.layer2.1.bn1").weight.requires_grad
+        and not surgery.get(model, "body.layer2.0.conv1").weight.requires_grad,
+        "layer2.1 trains, layer2.0 stays frozen",
+    )
     finish("pretrained_hybrid")
 
 

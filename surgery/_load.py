@@ -82,6 +82,17 @@ class LoadReport:
         initialized: model keys that were on the meta device, received no value
             and were materialized on CPU by their module's initializer
             (``init_missing=True``); they are in ``missing`` too.
+
+    Example:
+        >>> import torchvision, surgery
+        >>> model = torchvision.models.resnet18(weights=None)
+        >>> ddp = {"module." + k: v for k, v in model.state_dict().items()}
+        >>> report = surgery.load_partial(ddp, into=model, rename={"module.": ""},
+        ...                               include="module.layer4", dry_run=True)
+        >>> len(report.loaded), len(report.missing), report.dry_run
+        (30, 92, True)
+        >>> report.renamed["layer4.0.conv1.weight"]
+        'module.layer4.0.conv1.weight'
     """
 
     loaded: list[str] = field(default_factory=list)

@@ -249,12 +249,13 @@ def parse_path(text: str | Path) -> Path:
         'features.6'
         >>> str(surgery.parse_path("features[7:14]"))
         'features[7:14]'
-        >>> surgery.parse_path("layer3..0")
-        Traceback (most recent call last):
-        ...
-        surgery._errors.PathSyntaxError: invalid path 'layer3..0': empty segment ('..' or a leading '.') at position 7
+        >>> try:
+        ...     surgery.parse_path("layer3..0")
+        ... except surgery.PathSyntaxError as err:
+        ...     print(err)
+        invalid path 'layer3..0': empty segment ('..' or a leading '.') at position 7
             'layer3..0'
-                   ^
+                    ^
     """
     if isinstance(text, Path):
         return text

@@ -24,6 +24,12 @@ class TreeRow:
     those of its whole subtree (shared parameters once); ``trainable`` and
     ``frozen`` split ``total``. ``shared_with`` lists the other paths of the
     same module object.
+
+    Example:
+        >>> import torchvision, surgery
+        >>> row = surgery.tree(torchvision.models.resnet18(weights=None)).rows[-1]
+        >>> row.path, row.type, row.params, row.trainable
+        ('fc', 'Linear', 513000, 513000)
     """
 
     path: str
@@ -39,7 +45,16 @@ class TreeRow:
 
 @dataclass
 class ModelTree:
-    """The result of :func:`tree`: ``rows`` as data, ``str()`` as a readable tree."""
+    """The result of :func:`tree`: ``rows`` as data, ``str()`` as a readable tree.
+
+    Example:
+        >>> import torchvision, surgery
+        >>> t = surgery.tree(torchvision.models.alexnet(weights=None), depth=1)
+        >>> print(str(t).splitlines()[-1])
+        Total: 61,100,840 parameters (61,100,840 trainable, 0 frozen)
+        >>> t.to_dict()["rows"][1]["path"]
+        'features'
+    """
 
     model_type: str
     rows: list[TreeRow] = field(default_factory=list)

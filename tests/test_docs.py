@@ -33,7 +33,10 @@ from surgery import cli
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
-FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
+FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
+    re.M | re.S,
+)
 
 
 def blocks(text: str, langs: tuple[str, ...]) -> list[tuple[int, str]]:
@@ -45,7 +48,10 @@ def blocks(text: str, langs: tuple[str, ...]) -> list[tuple[int, str]]:
         body = m.group("body")
         indent = m.group("indent")
         if indent:
-            body = "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in body.splitlines())
+            body = "\n".join(
+                line[len(indent) :] if line.startswith(indent) else line
+                for line in body.splitlines()
+            )
         first = body.strip().splitlines()[0].strip() if body.strip() else ""
         if first.lower().startswith("# skip"):
             continue
@@ -127,11 +133,15 @@ def _run_doctest(code: str, ns: dict, name: str, lineno: int) -> None:
     report: list[str] = []
     runner.run(test, out=report.append, clear_globs=False)
     if runner.failures:
-        pytest.fail(f"{name}: doctest block at line {lineno} failed:\n" + "".join(report), pytrace=False)
+        pytest.fail(
+            f"{name}: doctest block at line {lineno} failed:\n" + "".join(report), pytrace=False
+        )
 
 
 @pytest.mark.parametrize("page", RUNNABLE, ids=_rel)
-def test_page_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_page_runs(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)  # files the examples write go to a scratch folder
     text = page.read_text()
     ns: dict = {"__name__": "__docs__"}
@@ -154,10 +164,16 @@ def test_page_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
             except Exception as e:  # report which block failed, with the error
                 if error is not None and error in {c.__name__ for c in type(e).__mro__}:
                     continue  # the page shows this error on purpose
-                pytest.fail(f"{name}: python block at line {lineno} raised {type(e).__name__}: {e}", pytrace=False)
+                pytest.fail(
+                    f"{name}: python block at line {lineno} raised {type(e).__name__}: {e}",
+                    pytrace=False,
+                )
             else:
                 if error is not None:
-                    pytest.fail(f"{name}: python block at line {lineno} should raise {error} (the page shows it)", pytrace=False)
+                    pytest.fail(
+                        f"{name}: python block at line {lineno} should raise {error} (the page shows it)",
+                        pytrace=False,
+                    )
         for lineno, argv in commands(text):
             try:
                 rc = cli.main(argv)
