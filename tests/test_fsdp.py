@@ -219,7 +219,9 @@ def test_fsdp2_freeze_param_groups_and_load_partial(tmp_path: Path) -> None:
         assert r["lrs"] == pytest.approx([10**-3.5, 1e-3])
         assert r["bytes_read"] < 0.6 * r["bytes_selected"]
         assert "shape mismatch" in r["error"], r["error"]
-        assert r["meta_error"].startswith("12 DTensor parameter(s) of FSDPNet are on the meta device")
+        assert r["meta_error"].startswith(
+            "12 DTensor parameter(s) of FSDPNet are on the meta device"
+        )
         # each rank holds half of every dim-0-sharded parameter
         assert r["local_shapes"]["head.weight"] == [3, 32]
         assert r["local_shapes"]["stem.weight"] == [16, 16]
