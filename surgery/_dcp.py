@@ -345,12 +345,9 @@ def save_dcp(state_dict: Mapping[str, Any], path: str | os.PathLike[str]) -> str
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
-    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise LoadError(
-            f"cannot save non-tensor values: {', '.join(map(repr, bad[:10]))}; "
-            "save_state_dict writes a mapping of names to tensors"
-        )
+    from ._save import reject_non_tensors
+
+    reject_non_tensors(state_dict)
     sd: dict[str, torch.Tensor] = {}
     for k, v in state_dict.items():
         t = v.detach()

@@ -85,14 +85,19 @@ def _view_key(t: torch.Tensor) -> tuple[Any, ...]:
     )
 
 
-def _prepare(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors to write, contiguous and unshared; alias -> stored key)."""
+def reject_non_tensors(state: Mapping[str, Any]) -> None:
+    """Raise LoadError naming the keys whose values are not tensors (every format)."""
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise LoadError(
             f"cannot save non-tensor values: {', '.join(map(repr, bad[:10]))}; "
             "save_state_dict writes a mapping of names to tensors"
         )
+
+
+def _prepare(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors to write, contiguous and unshared; alias -> stored key)."""
+    reject_non_tensors(state)
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     first_of_view: dict[tuple[Any, ...], str] = {}
