@@ -38,7 +38,7 @@ import torch.fx as fx
 from torch import nn
 
 from ._errors import ArgumentError, PathError, PathNotFoundError, SurgeryError, TraceError
-from ._graph import resolve
+from ._graph import check_model, resolve
 from ._path import parse_path
 
 __all__ = [
@@ -203,8 +203,7 @@ def trace_model(model: nn.Module) -> Traced:
         TraceError: the failure is in the model's own ``forward`` (outside every
             submodule), or retrying did not converge.
     """
-    if not isinstance(model, nn.Module):
-        raise ArgumentError(f"expected an nn.Module, got {type(model).__name__}")
+    check_model(model, "tracing")
     leaf_types = _default_leaf_types()
     opaque: dict[str, str] = {}
     for _ in range(_MAX_RETRIES):

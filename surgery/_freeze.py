@@ -31,6 +31,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FrozenBatchNorm2d
 
 from ._errors import ArgumentError
+from ._graph import check_model
 from ._groups import select_targets, split_plan
 
 __all__ = [
@@ -192,11 +193,6 @@ class _Plan:
     bn: list[tuple[str, nn.Module, str | None]] = field(default_factory=list)
 
 
-def _check_model(model: Any, op: str) -> None:
-    if not isinstance(model, nn.Module):
-        raise ArgumentError(f"{op} expects an nn.Module, got {type(model).__name__}")
-
-
 def _check_bn(bn: Any) -> str:
     if bn not in BN_POLICIES:
         raise ArgumentError(
@@ -336,7 +332,7 @@ def freeze(model: nn.Module, *patterns: str, bn: str = "eval") -> nn.Module:
         >>> type(m.layer4[0].bn1).__name__
         'FrozenBatchNorm2d'
     """
-    _check_model(model, "freeze")
+    check_model(model, "freeze")
     policy = _check_bn(bn)
     names, modules = _selections(model, patterns)
     params = dict(model.named_parameters())
@@ -370,7 +366,7 @@ def unfreeze(model: nn.Module, *patterns: str) -> nn.Module:
         >>> m.layer1[0].bn1 is bn, bn.weight.requires_grad, m.conv1.weight.requires_grad
         (True, True, False)
     """
-    _check_model(model, "unfreeze")
+    check_model(model, "unfreeze")
     names, modules = _selections(model, patterns)
     params = dict(model.named_parameters())
     plan = _Plan(thaw=[params[n] for n in names])
@@ -411,7 +407,7 @@ def freeze_to(model: nn.Module, n: int, *, split_at: Any, bn: str = "eval") -> n
         >>> m.layer2[0].conv1.weight.requires_grad, m.layer3[0].conv1.weight.requires_grad
         (False, True)
     """
-    _check_model(model, "freeze_to")
+    check_model(model, "freeze_to")
     policy = _check_bn(bn)
     plan = split_plan(model, split_at)
     count = len(plan.groups)
@@ -578,7 +574,7 @@ def trainable(model: nn.Module) -> TrainableReport:
         avgpool  AdaptiveAvgPool2d          0          0  -          -
         fc       Linear               513,000          0  trainable  -
     """
-    _check_model(model, "trainable")
+    check_model(model, "trainable")
     seen: set[int] = set()
 
     def row(

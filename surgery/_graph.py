@@ -19,6 +19,7 @@ from ._path import Path, Slice, compile_pattern, parse_path
 
 __all__ = [
     "Target",
+    "check_model",
     "delete",
     "find",
     "get",
@@ -57,6 +58,13 @@ class Target:
 
     def member_names(self) -> list[str]:
         return [_join(self.container_name, k) for k in self.member_keys]
+
+
+def check_model(model: object, op: str) -> nn.Module:
+    """Raise ArgumentError unless ``model`` is an ``nn.Module`` (``op`` names the caller)."""
+    if not isinstance(model, nn.Module):
+        raise ArgumentError(f"{op} expects an nn.Module, got {type(model).__name__}")
+    return model
 
 
 def _join(prefix: str, key: str) -> str:
@@ -111,8 +119,7 @@ def resolve(model: nn.Module, path: str | Path) -> Target:
         PathSyntaxError: the path does not parse.
         PathNotFoundError: no module there; the message shows what exists.
     """
-    if not isinstance(model, nn.Module):
-        raise ArgumentError(f"expected an nn.Module, got {type(model).__name__}")
+    check_model(model, "resolving a path")
     p = parse_path(path)
     text = str(path)
     module = model

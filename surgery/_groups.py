@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from ._errors import ArgumentError, PathNotFoundError
-from ._graph import select
+from ._graph import check_model, select
 from ._path import Path, compile_pattern
 
 __all__ = [
@@ -160,8 +160,7 @@ def split_plan(model: nn.Module, split_at: Any) -> SplitPlan:
             order, or the first path starts at the very first parameter.
         PathNotFoundError: a path names no module.
     """
-    if not isinstance(model, nn.Module):
-        raise ArgumentError(f"expected an nn.Module, got {type(model).__name__}")
+    check_model(model, "layer groups")
     paths = _normalize_split_at(split_at)
     named = list(model.named_parameters())
     index = {id(p): i for i, (_, p) in enumerate(named)}

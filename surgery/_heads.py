@@ -30,7 +30,7 @@ import torch.fx as fx
 from torch import nn
 
 from ._errors import ArgumentError, LayerNotFoundError, PathError, SurgeryError
-from ._graph import module_paths, resolve
+from ._graph import check_model, module_paths, resolve
 from ._meta import meta_copy
 
 __all__ = ["AdaptiveConcatPool2d", "adapt_input", "create_head", "replace_head"]
@@ -43,12 +43,6 @@ _SHAPE_OPS = frozenset({"size", "dim", "numel", "type", "to", "is_contiguous"})
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _check_model(model: object, op: str) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise ArgumentError(f"{op} expects an nn.Module, got {type(model).__name__}")
-    return model
 
 
 def _check_count(value: object, name: str, minimum: int) -> int:
@@ -393,7 +387,7 @@ def replace_head(
         >>> m.fc.out_features, m.AuxLogits.fc.out_features, m.fc.weight.device.type
         (5, 5, 'meta')
     """
-    _check_model(model, "replace_head")
+    check_model(model, "replace_head")
     _check_count(num_classes, "num_classes", 0)
     paths = _paths_arg(path)
     how = "path="
@@ -592,7 +586,7 @@ def adapt_input(model: nn.Module, in_channels: int, *, path: str | None = None) 
         >>> torch.allclose(m(x), before, atol=1e-5)
         True
     """
-    _check_model(model, "adapt_input")
+    check_model(model, "adapt_input")
     _check_count(in_channels, "in_channels", 1)
     if path is not None:
         if not isinstance(path, str):

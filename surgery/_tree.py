@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._errors import ArgumentError, SurgeryError
-from ._graph import module_paths
+from ._graph import check_model, module_paths
 from ._meta import eval_mode, meta_copy, meta_inputs
 
 __all__ = ["ModelTree", "TreeRow", "output_shapes", "tree"]
@@ -192,8 +192,7 @@ def tree(model: nn.Module, *, depth: int | None = None, input_size: Any = None) 
         >>> t.total
         11689512
     """
-    if not isinstance(model, nn.Module):
-        raise ArgumentError(f"tree expects an nn.Module, got {type(model).__name__}")
+    check_model(model, "tree")
     if depth is not None and (not isinstance(depth, int) or depth < 0):
         raise ArgumentError(f"depth must be a non-negative int or None, got {depth!r}")
     shapes: dict[str, Any] = {}

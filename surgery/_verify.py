@@ -28,6 +28,7 @@ from torchinfo import ModelStatistics
 from torchinfo import summary as _torchinfo_summary
 
 from ._errors import ArgumentError, SurgeryError, VerificationError
+from ._graph import check_model
 from ._meta import eval_mode, meta_copy, normalize_input_size
 
 __all__ = ["summary", "verify"]
@@ -98,8 +99,7 @@ def summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -
         >>> m.conv1.weight.device.type
         'cpu'
     """
-    if not isinstance(model, nn.Module):
-        raise ArgumentError(f"summary expects an nn.Module, got {type(model).__name__}")
+    check_model(model, "summary")
     kwargs = dict(torchinfo_kwargs)
     kwargs.setdefault("verbose", 0)
     device = kwargs.pop("device", None)
@@ -488,8 +488,7 @@ def verify(
           output_shape: expected (1, 10), got (1, 1000)
           trainable_params: expected 0, got 11,689,512 (difference +11,689,512)
     """
-    if not isinstance(model, nn.Module):
-        raise ArgumentError(f"verify expects an nn.Module, got {type(model).__name__}")
+    check_model(model, "verify")
     sizes = normalize_input_size(input_size)
     expected_shape = _normalize_shape(output_shape) if output_shape is not None else None
     want_total = _check_count(total_params, "total_params")
