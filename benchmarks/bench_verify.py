@@ -4,7 +4,7 @@ Anchor: ``torchinfo.summary(model, input_size, device="cpu")`` (a real forward
 with hooks). Ours: ``surgery.verify(model, input_size, output_shape=...,
 total_params=...)`` (counts from the parameters, the output shape from a meta
 copy with repeated blocks run once). Also shown: a plain meta forward
-(``surgery._meta.meta_copy`` + forward), the baseline the issue quotes.
+(``surgery.trace._meta.meta_copy`` + forward), the baseline the issue quotes.
 
 Usage: python benchmarks/bench_verify.py [--repeat 3] [--models resnet152 vit_l_16]
 """
@@ -22,7 +22,7 @@ import torchinfo
 import torchvision
 
 import surgery
-from surgery._meta import meta_copy
+from surgery.trace._meta import meta_copy
 
 BATCH = 8
 GOAL = 20.0

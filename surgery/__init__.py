@@ -12,9 +12,6 @@ Example:
     ['layer4.0.conv1', 'layer4.0.conv2', 'layer4.1.conv1', 'layer4.1.conv2']
 """
 
-from ._cache import FeatureCache, precompute
-from ._compose import compose, take
-from ._cut import cut, split
 from ._errors import (
     ArgumentError,
     CheckpointError,
@@ -23,6 +20,7 @@ from ._errors import (
     PathError,
     PathNotFoundError,
     PathSyntaxError,
+    SaveError,
     ShapeMismatchError,
     SharedModuleWarning,
     StaleCacheError,
@@ -31,15 +29,19 @@ from ._errors import (
     TraceError,
     VerificationError,
 )
-from ._freeze import TrainableReport, TrainableRow, freeze, freeze_to, trainable, unfreeze
-from ._graph import delete, find, get, insert, replace
-from ._groups import layer_groups, param_groups
-from ._heads import adapt_input, create_head, replace_head
-from ._load import LoadReport, load_partial
-from ._path import Path, parse_path
-from ._save import save_state_dict
-from ._tree import ModelTree, TreeRow, tree
-from ._verify import summary, verify
+from .checkpoint._load import LoadReport, load_partial
+from .checkpoint._save import save_state_dict
+from .edit._graph import delete, insert, replace
+from .edit._heads import adapt_input, create_head, replace_head
+from .paths._grammar import Path, parse_path
+from .paths._resolve import find, get
+from .trace._compose import compose, take
+from .trace._cut import cut, split
+from .trace._tree import ModelTree, TreeRow, tree
+from .trace._verify import summary, verify
+from .train._cache import FeatureCache, precompute
+from .train._freeze import TrainableReport, TrainableRow, freeze, freeze_to, trainable, unfreeze
+from .train._groups import layer_groups, param_groups
 
 __version__ = "0.1.0"
 
@@ -55,6 +57,7 @@ __all__ = [
     "PathError",
     "PathNotFoundError",
     "PathSyntaxError",
+    "SaveError",
     "ShapeMismatchError",
     "SharedModuleWarning",
     "StaleCacheError",

@@ -18,6 +18,7 @@ class, operation) once, at the boundary::
     ├── VerificationError             ``verify`` found expectations that do not hold
     ├── LoadError                     ``load_partial`` refused a checkpoint or a mapping
     │   └── CheckpointError           the file is unreadable, corrupt, unsafe or missing
+    ├── SaveError                     ``save_state_dict`` could not write; nothing new is left
     └── StaleCacheError               a feature cache was computed with other body weights
 
 Warnings:
@@ -27,9 +28,19 @@ Warnings:
 
 Every operation validates all of its inputs before it changes anything, so on
 any of these errors the model is exactly as it was before the call.
+
+Every error carries four keyword fields, ``None`` where they don't apply:
+``op`` (the public operation, e.g. ``"load_partial"``), ``path`` (the module
+path), ``key`` (the checkpoint key) and ``file`` (the checkpoint file). Inner
+code raises short messages; :func:`operation` adds the operation and model
+context once, at the public function, and :func:`user_call` wraps a failure
+inside a caller's callable (a factory, a rename function) with the original
+exception as ``__cause__``; both live in :mod:`surgery._boundary`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "ArgumentError",
@@ -39,6 +50,7 @@ __all__ = [
     "PathError",
     "PathNotFoundError",
     "PathSyntaxError",
+    "SaveError",
     "ShapeMismatchError",
     "SharedModuleWarning",
     "StaleCacheError",
@@ -48,9 +60,44 @@ __all__ = [
     "VerificationError",
 ]
 
+_FIELDS = ("op", "path", "key", "file")
+
 
 class SurgeryError(Exception):
-    """Base class of every error `surgery` raises on purpose."""
+    """Base class of every error `surgery` raises on purpose.
+
+    Attributes:
+        op: the public operation that raised (``"replace_head"``), or None.
+        path: the module path involved, or None.
+        key: the checkpoint key involved, or None.
+        file: the checkpoint file involved, or None.
+
+    Example:
+        >>> e = SurgeryError("no module 'fc2'", op="get", path="fc2")
+        >>> e.op, e.path, e.key, e.file
+        ('get', 'fc2', None, None)
+    """
+
+    op: str | None = None
+    path: str | None = None
+    key: str | None = None
+    file: str | None = None
+
+    def __init__(
+        self,
+        *args: Any,
+        op: str | None = None,
+        path: str | None = None,
+        key: str | None = None,
+        file: str | None = None,
+    ) -> None:
+        super().__init__(*args)
+        for name, value in zip(_FIELDS, (op, path, key, file)):
+            if value is not None:
+                setattr(self, name, value)
+
+    def __str__(self) -> str:  # LookupError/KeyError subclasses would quote the message
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 
 class ArgumentError(SurgeryError, ValueError):
@@ -76,7 +123,8 @@ class PathSyntaxError(PathError, ValueError):
         self.reason = reason
         caret = " " * (position + 5) + "^"
         super().__init__(
-            f"invalid path {text!r}: {reason} at position {position}\n    {text!r}\n{caret}"
+            f"invalid path {text!r}: {reason} at position {position}\n    {text!r}\n{caret}",
+            path=text,
         )
 
 
@@ -87,12 +135,8 @@ class PathNotFoundError(PathError, LookupError):
         path: the path (or pattern) text that failed.
     """
 
-    def __init__(self, message: str, path: str = "") -> None:
-        self.path = path
-        super().__init__(message)
-
-    def __str__(self) -> str:  # LookupError/KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
+    def __init__(self, message: str = "", path: str | None = None, **fields: Any) -> None:
+        super().__init__(message, path=path or None, **fields)
 
 
 class TraceError(SurgeryError):
@@ -118,6 +162,11 @@ class LoadError(SurgeryError):
 
 class CheckpointError(LoadError):
     """The checkpoint file is missing, unreadable, corrupt or unsafe; names the file."""
+
+
+class SaveError(SurgeryError):
+    """A checkpoint could not be written; names the file. Nothing new is left behind and
+    an existing checkpoint at that path is unchanged."""
 
 
 class StaleCacheError(SurgeryError):

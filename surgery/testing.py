@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ._cut import split
-from ._cut import split_points as _split_points
 from ._errors import ArgumentError
-from ._meta import eval_mode
+from .trace._cut import split
+from .trace._cut import split_points as _split_points
+from .trace._meta import eval_mode
 
 if TYPE_CHECKING:  # pragma: no cover
     from hypothesis.strategies import SearchStrategy

@@ -15,8 +15,8 @@ from torchvision.models import convnext, densenet, swin_transformer, vision_tran
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 import surgery
-from surgery._cut import split_points, trace
 from surgery.testing import cut_points
+from surgery.trace._cut import split_points, trace
 
 # --------------------------------------------------------------------------- zoo
 # Real torchvision classes; the larger families in small configurations (the

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 import surgery
-from surgery._freeze import FrozenBatchNormNd, bn_policy
+from surgery.train._freeze import FrozenBatchNormNd, bn_policy
 
 SPLIT = ["layer3", "fc"]
 

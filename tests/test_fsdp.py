@@ -81,7 +81,7 @@ def _scenarios(rank: int, tmp: Path) -> None:
     from torch.distributed.tensor import DTensor
 
     import surgery
-    from surgery._dcp import open_dcp
+    from surgery.checkpoint._dcp import open_dcp
 
     out: dict[str, Any] = {}
     mesh = init_device_mesh("cpu", (WORLD,))

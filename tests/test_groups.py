@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import surgery
-from surgery._groups import lr_per_group
+from surgery.train._groups import lr_per_group
 
 SPLIT = ["layer3", "fc"]
 

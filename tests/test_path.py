@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import surgery
 from surgery import Path, PathSyntaxError, SurgeryError, parse_path
-from surgery._path import Slice, compile_pattern
+from surgery.paths._grammar import Slice, compile_pattern
 
 VALID = [
     ("", (), ""),

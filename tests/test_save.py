@@ -13,7 +13,7 @@ from torch import nn
 
 import surgery
 from surgery import ArgumentError, LoadError, load_partial, save_state_dict
-from surgery._save import parse_size
+from surgery.checkpoint._save import parse_size
 
 
 class Tied(nn.Module):

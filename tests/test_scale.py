@@ -349,7 +349,7 @@ def test_dry_run_and_a_failing_load_leave_the_meta_model_unchanged() -> None:
 def test_a_fault_while_materializing_leaves_the_meta_model_unchanged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from surgery import _materialize
+    from surgery.checkpoint import _materialize
     from tests.snapshot import assert_unchanged, snapshot
 
     sd = torchvision.models.resnet18(weights=None).state_dict()
@@ -364,7 +364,7 @@ def test_a_fault_while_materializing_leaves_the_meta_model_unchanged(
             raise OSError("disk went away")
         return real(source, key, target)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("surgery._load.read_for", flaky)
+    monkeypatch.setattr("surgery.checkpoint._load.read_for", flaky)
     with pytest.raises(
         LoadError,
         match=r"materializing '.*' failed \(OSError: disk went away\); the model was left unchanged",

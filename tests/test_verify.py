@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import surgery
-from surgery._meta import meta_copy
-from surgery._tree import output_shapes
-from surgery._verify import VerifiedStatistics, _MetaClone, _Repeat
+from surgery.trace._meta import meta_copy
+from surgery.trace._tree import output_shapes
+from surgery.trace._verify import VerifiedStatistics, _MetaClone, _Repeat
 from tests.snapshot import assert_unchanged, snapshot
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import ArgumentError, SurgeryError
-from ._graph import check_model, module_paths
+from .._errors import ArgumentError, SurgeryError
+from ..paths._resolve import check_model, module_paths
 from ._meta import eval_mode, meta_copy, meta_inputs
 
 __all__ = ["ModelTree", "TreeRow", "output_shapes", "tree"]

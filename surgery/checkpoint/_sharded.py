@@ -12,7 +12,7 @@ a few layers with ``include=`` touches only the shards that hold them.
 ``ShardedSource.opened`` lists the shard files opened so far, and
 ``bytes_read`` counts the tensor bytes actually read.
 
-Engines: safetensors shards go through :class:`surgery._sources.SafetensorsSource`
+Engines: safetensors shards go through :class:`surgery.checkpoint._sources.SafetensorsSource`
 (``safe_open``: the header gives shapes and dtypes without reading data);
 ``.bin`` shards through ``torch.load(weights_only=True, mmap=True)``, which maps
 the file and reads nothing until a tensor is touched.
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ._errors import CheckpointError
+from .._errors import CheckpointError
 from ._sources import (
     CHECKPOINT_SUFFIXES,
     MappingSource,
@@ -135,7 +135,7 @@ def open_sharded_index(path: str | os.PathLike[str]) -> ShardedSource:
 
     Example:
         >>> import os, tempfile, torchvision, surgery
-        >>> from surgery._sharded import open_sharded_index
+        >>> from surgery.checkpoint._sharded import open_sharded_index
         >>> d = tempfile.mkdtemp()
         >>> m = torchvision.models.resnet18(weights=None)
         >>> index = surgery.save_state_dict(m, d, max_shard_size="10MB")

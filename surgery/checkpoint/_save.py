@@ -4,7 +4,7 @@ safetensors refuses tensors that share memory. Tied tensors (the same storage,
 offset, shape and strides under several keys, e.g. an embedding tied to the
 output layer) are stored once; the other names are recorded as aliases in the
 file's metadata (``"surgery.aliases"``: JSON ``{alias: stored key}``), and
-:class:`surgery._sources.SafetensorsSource` exposes them again as keys, so that
+:class:`surgery.checkpoint._sources.SafetensorsSource` exposes them again as keys, so that
 ``load_partial`` restores the tie (or fills both untied tensors). Other tensors
 that overlap in memory without being identical are stored as separate copies.
 
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import ArgumentError, LoadError
+from .._errors import ArgumentError, LoadError
 
 __all__ = ["ALIASES_KEY", "parse_size", "save_state_dict"]
 
@@ -157,7 +157,7 @@ def save_state_dict(
             tensor larger than the limit gets a shard of its own.
         format: ``"safetensors"`` (default), or ``"dcp"``: a
             ``torch.distributed.checkpoint`` directory at ``path``, written by
-            ``dcp.save`` (:func:`surgery._dcp.save_dcp`). In a process group every
+            ``dcp.save`` (:func:`surgery.checkpoint._dcp.save_dcp`). In a process group every
             rank calls it and writes its own shards of ``DTensor`` values
             (FSDP2); ``max_shard_size`` does not apply.
 

@@ -27,8 +27,8 @@ from torch import nn
 from torchinfo import ModelStatistics
 from torchinfo import summary as _torchinfo_summary
 
-from ._errors import ArgumentError, SurgeryError, VerificationError
-from ._graph import check_model
+from .._errors import ArgumentError, SurgeryError, VerificationError
+from ..paths._resolve import check_model
 from ._meta import eval_mode, meta_copy, normalize_input_size
 
 __all__ = ["summary", "verify"]
@@ -148,7 +148,7 @@ class _MetaClone:
     and hook dicts; parameters and buffers get meta twins (tied tensors stay
     tied); other attributes are shared with the original, which is why
     :func:`verify` re-checks any failure with a plain
-    :func:`surgery._meta.meta_copy`. A module identical to one already copied
+    :func:`surgery.trace._meta.meta_copy`. A module identical to one already copied
     becomes a :class:`_Repeat`: it answers from the shape cache and is only
     copied if its input has a shape not seen before.
     """

@@ -33,14 +33,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ._errors import ArgumentError, StaleCacheError, SurgeryWarning
+from .._errors import ArgumentError, StaleCacheError, SurgeryWarning
+from ..trace._meta import eval_mode
 from ._fingerprint import (
     _tensor_bytes,
     _Watch,
     data_fingerprint,
     weights_fingerprint,
 )
-from ._meta import eval_mode
 
 __all__ = ["Batches", "FeatureCache", "data_fingerprint", "precompute", "weights_fingerprint"]
 

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import ArgumentError, SurgeryError
-from ._tree import tree
+from .._errors import ArgumentError, SurgeryError
+from ..trace._tree import tree
 
 __all__ = ["build_parser", "load_model_spec", "main", "parse_shape"]
 
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_extensions() -> None:
     """Import the modules that add subcommands (kept lazy so `import surgery` stays light)."""
-    for mod in ("surgery._cli_load",):
+    for mod in ("surgery.cli._load",):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -13,8 +13,8 @@ Formats and engines::
     .pt .pth .bin .ckpt (zip)     torch.load(weights_only=True, mmap=True, map_location="cpu")
     legacy (non-zip) torch file   torch.load(weights_only=True) (cannot be memory-mapped)
     .safetensors                  safetensors.safe_open(framework="pt"), zero-copy mmap
-    *.index.json                  surgery._sharded.open_sharded_index (opens only needed shards)
-    directory with .metadata      surgery._dcp.open_dcp (torch.distributed.checkpoint)
+    *.index.json                  surgery.checkpoint._sharded.open_sharded_index (opens only needed shards)
+    directory with .metadata      surgery.checkpoint._dcp.open_dcp (torch.distributed.checkpoint)
     other directory               the one checkpoint it holds (ambiguous -> CheckpointError)
 
 Checkpoints are untrusted: pickles are only ever read with
@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import ArgumentError, CheckpointError, LoadError
+from .._errors import ArgumentError, CheckpointError, LoadError
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -99,7 +99,7 @@ class TensorSource:
         bytes_read: bytes of tensor data actually read so far (benchmarks);
             :meth:`read` adds ``tensor.nbytes``.
 
-    Contract for implementers (``surgery._sharded``, ``surgery._dcp``):
+    Contract for implementers (``surgery.checkpoint._sharded``, ``surgery.checkpoint._dcp``):
 
     * ``keys()`` is in checkpoint order and has no duplicates.
     * ``info(key)`` must not read tensor data when the format has a header.
@@ -514,7 +514,7 @@ def _lazy_import(module: str, name: str, what: str) -> Any:
     import importlib
 
     try:
-        mod = importlib.import_module(f"surgery.{module}")
+        mod = importlib.import_module(f"surgery.checkpoint.{module}")
     except ModuleNotFoundError as exc:
         if exc.name == f"surgery.{module}":
             raise CheckpointError(f"{what} sources are not available in this build") from None
@@ -544,7 +544,7 @@ def open_source(source: Any, *, key: str | None = None) -> TensorSource:
 
     Example:
         >>> import torchvision
-        >>> from surgery._sources import open_source
+        >>> from surgery.checkpoint._sources import open_source
         >>> src = open_source({"model": torchvision.models.resnet18(weights=None).state_dict()})
         >>> src.unwrapped, src.keys()[:2], src.info("fc.weight").shape
         ('model', ['conv1.weight', 'bn1.weight'], (1000, 512))

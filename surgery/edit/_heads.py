@@ -29,9 +29,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ._errors import ArgumentError, LayerNotFoundError, PathError, SurgeryError
-from ._graph import check_model, module_paths, resolve
-from ._meta import meta_copy
+from .._errors import ArgumentError, LayerNotFoundError, PathError, SurgeryError
+from ..paths._resolve import check_model, module_paths, resolve
+from ..trace._meta import meta_copy
 
 __all__ = ["AdaptiveConcatPool2d", "adapt_input", "create_head", "replace_head"]
 
@@ -123,7 +123,7 @@ def _set(model: nn.Module, obj: nn.Module, new: nn.Module) -> list[str]:
 
 def _trace_meta(model: nn.Module, *, training: bool) -> fx.Graph:
     """The fx graph of a meta copy of ``model`` in the given mode (the model is untouched)."""
-    from ._cut import trace  # local import: _cut is the bigger module
+    from ..trace._cut import trace  # local import: _cut is the bigger module
 
     clone = meta_copy(model)
     clone.train(training)
@@ -632,7 +632,7 @@ class AdaptiveConcatPool2d(nn.Module):
 
     Example:
         >>> import torch
-        >>> from surgery._heads import AdaptiveConcatPool2d
+        >>> from surgery.edit._heads import AdaptiveConcatPool2d
         >>> AdaptiveConcatPool2d()(torch.rand(2, 8, 7, 7)).shape
         torch.Size([2, 16, 1, 1])
     """

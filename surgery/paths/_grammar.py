@@ -1,6 +1,6 @@
 """The path grammar: parse and format module paths, compile patterns.
 
-This module knows nothing about models; :mod:`surgery._graph` resolves paths
+This module knows nothing about models; :mod:`surgery.paths._resolve` resolves paths
 against an ``nn.Module``.
 
 Paths::
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ._errors import PathSyntaxError
+from .._errors import PathSyntaxError
 
 __all__ = ["Path", "Pattern", "Segment", "Slice", "compile_pattern", "parse_path"]
 
@@ -353,7 +353,7 @@ def compile_pattern(text: str) -> Pattern:
         PathSyntaxError: the pattern (or the regex after ``re:``) does not parse.
 
     Example:
-        >>> from surgery._path import compile_pattern
+        >>> from surgery.paths._grammar import compile_pattern
         >>> compile_pattern("layer*.*.bn?").matches("layer1.0.bn1")
         True
         >>> compile_pattern("**.downsample").matches("layer2.0.downsample")

@@ -19,9 +19,9 @@ from typing import Any
 
 from torch import nn
 
-from ._errors import ArgumentError, PathNotFoundError
-from ._graph import check_model, select
-from ._path import Path, compile_pattern
+from .._errors import ArgumentError, PathNotFoundError
+from ..paths._grammar import Path, compile_pattern
+from ..paths._resolve import check_model, select
 
 __all__ = [
     "Selection",
@@ -296,7 +296,7 @@ def lr_per_group(lr: Any, n: int) -> list[float]:
     * ``slice(hi)``: ``hi / 10`` for every group but the last, ``hi`` for the last.
 
     Example:
-        >>> from surgery._groups import lr_per_group
+        >>> from surgery.train._groups import lr_per_group
         >>> [round(x, 6) for x in lr_per_group(slice(1e-5, 1e-3), 3)]
         [1e-05, 0.0001, 0.001]
         >>> lr_per_group(slice(1e-3), 3)

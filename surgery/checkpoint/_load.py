@@ -2,8 +2,8 @@
 
 Three phases, as everywhere in ``surgery``:
 
-1. **parse**: open the source (:mod:`surgery._sources`), compile ``include``,
-   ``exclude`` and ``rename`` (:mod:`surgery._rename`), resolve ``at``.
+1. **parse**: open the source (:mod:`surgery.checkpoint._sources`), compile ``include``,
+   ``exclude`` and ``rename`` (:mod:`surgery.checkpoint._rename`), resolve ``at``.
 2. **plan** (:func:`_plan`): match checkpoint keys to model tensors using only
    shapes and dtypes from the checkpoint's header; check collisions, shapes,
    casts (reading only the tensors that need a value check), tied parameters,
@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import ArgumentError, LoadError, SurgeryError
-from ._graph import resolve
+from .._errors import ArgumentError, LoadError, SurgeryError
+from ..paths._resolve import resolve
 from ._materialize import MetaInit, install, is_dtensor, plan_init, read_for, run_init
 from ._rename import KeyFilter, RenameRules, RenameSpec
 from ._sources import TensorInfo, TensorSource, open_source
@@ -180,7 +180,7 @@ class StateDictView(Mapping[str, torch.Tensor]):
     """A read-only mapping of renamed keys to tensors, read from the source on access.
 
     Attributes:
-        source: the underlying :class:`~surgery._sources.TensorSource`.
+        source: the underlying :class:`~surgery.checkpoint._sources.TensorSource`.
         key_map: new key -> checkpoint key.
         unused_rules: rename rules that renamed no selected key.
     """

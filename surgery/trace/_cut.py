@@ -37,9 +37,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ._errors import ArgumentError, PathError, PathNotFoundError, SurgeryError, TraceError
-from ._graph import check_model, resolve
-from ._path import parse_path
+from .._errors import ArgumentError, PathError, PathNotFoundError, SurgeryError, TraceError
+from ..paths._grammar import parse_path
+from ..paths._resolve import check_model, resolve
 
 __all__ = [
     "Traced",
@@ -252,7 +252,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
     Example:
         >>> import torchvision
-        >>> from surgery._cut import trace
+        >>> from surgery.trace._cut import trace
         >>> gm = trace(torchvision.models.resnet18(weights=None))
         >>> [n.target for n in gm.graph.nodes if n.op == "call_module"][-2:]
         ['avgpool', 'fc']

@@ -1,7 +1,7 @@
 """Key selection and renaming rules for :func:`surgery.load_partial`.
 
 Selection (``include=`` / ``exclude=``) works on the checkpoint's keys before
-renaming, in the path grammar of :mod:`surgery._path`. A pattern selects a key
+renaming, in the path grammar of :mod:`surgery.paths._grammar`. A pattern selects a key
 when it matches the key itself *or one of its module prefixes*, so a module
 path selects everything under it::
 
@@ -36,8 +36,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import ArgumentError, LoadError
-from ._path import Slice, compile_pattern, parse_path
+from .._errors import ArgumentError, LoadError
+from ..paths._grammar import Slice, compile_pattern, parse_path
 
 __all__ = ["KeyFilter", "RenameRules", "RenameSpec"]
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import ArgumentError
+from .._errors import ArgumentError
 
 __all__ = ["eval_mode", "meta_copy", "meta_inputs", "normalize_input_size"]
 

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._errors import ArgumentError, ShapeMismatchError, SurgeryError
+from ..paths._grammar import Path
+from ..paths._resolve import resolve
 from ._cut import copy_objects, with_prefix
-from ._errors import ArgumentError, ShapeMismatchError, SurgeryError
-from ._graph import resolve
 from ._meta import eval_mode, meta_copy, meta_inputs, normalize_input_size
-from ._path import Path
 
 __all__ = ["compose", "take"]
 

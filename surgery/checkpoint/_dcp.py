@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ._errors import CheckpointError, LoadError
+from .._errors import CheckpointError, LoadError
 from ._sources import TensorInfo, TensorSource
 
 __all__ = ["DCPSource", "SafeFileSystemReader", "open_dcp", "save_dcp"]
@@ -314,7 +314,7 @@ def open_dcp(path: str | os.PathLike[str], key: str | None = None) -> DCPSource:
 
     Example:
         >>> import tempfile, torchvision, surgery
-        >>> from surgery._dcp import open_dcp
+        >>> from surgery.checkpoint._dcp import open_dcp
         >>> d = tempfile.mkdtemp()
         >>> path = surgery.save_state_dict(torchvision.models.resnet18(weights=None), d, format="dcp")
         >>> src = open_dcp(path)

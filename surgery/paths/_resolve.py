@@ -1,4 +1,4 @@
-"""Resolve paths against a model, and the in-place graph edits built on that.
+"""Resolve paths against a model: targets, selections, ``get`` and ``find``.
 
 Every public function here is parse -> plan -> apply: the path is parsed, then
 resolved to a :class:`Target` (parent, key, module) without changing anything,
@@ -8,31 +8,30 @@ and only a complete, valid plan is applied.
 from __future__ import annotations
 
 import difflib
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from ._errors import ArgumentError, PathNotFoundError, SharedModuleWarning
-from ._path import Path, Slice, compile_pattern, parse_path
+from .._errors import ArgumentError, PathNotFoundError
+from ._grammar import Path, Slice, compile_pattern, parse_path
 
 __all__ = [
+    "CONTAINERS",
+    "LIST_LIKE",
     "Target",
     "check_model",
-    "delete",
     "find",
     "get",
-    "insert",
+    "join_path",
     "module_paths",
     "not_found_message",
-    "replace",
     "resolve",
     "select",
 ]
 
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-_LIST_LIKE = (nn.Sequential, nn.ModuleList)
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+LIST_LIKE = (nn.Sequential, nn.ModuleList)
 _TREE_HINT = "list valid paths with surgery.tree(model) or `surgery tree`"
 
 
@@ -57,7 +56,7 @@ class Target:
         return self.key is None and self.parent is not None
 
     def member_names(self) -> list[str]:
-        return [_join(self.container_name, k) for k in self.member_keys]
+        return [join_path(self.container_name, k) for k in self.member_keys]
 
 
 def check_model(model: object, op: str) -> nn.Module:
@@ -67,7 +66,7 @@ def check_model(model: object, op: str) -> nn.Module:
     return model
 
 
-def _join(prefix: str, key: str) -> str:
+def join_path(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
@@ -91,7 +90,7 @@ def not_found_message(
         lines.append(f"  children there: {shown}")
         close = difflib.get_close_matches(wanted, children, n=1)
         if close:
-            lines.append(f"  did you mean {_join(resolved, close[0])!r}?")
+            lines.append(f"  did you mean {join_path(resolved, close[0])!r}?")
     else:
         lines.append(f"  {where} has no children")
     lines.append(f"  {_TREE_HINT}")
@@ -132,7 +131,7 @@ def resolve(model: nn.Module, path: str | Path) -> Target:
     for seg in p.segments:
         modules = module._modules
         if isinstance(seg, Slice):
-            if not isinstance(module, _LIST_LIKE):
+            if not isinstance(module, LIST_LIKE):
                 raise PathNotFoundError(
                     f"cannot slice {name or 'the root'!r} in {text!r}: it is a "
                     f"{type(module).__name__}, and only Sequential and ModuleList can be sliced.\n"
@@ -156,7 +155,7 @@ def resolve(model: nn.Module, path: str | Path) -> Target:
                 child_key = seg
         elif seg >= 0 and modules.get(str(seg)) is not None:
             child_key = str(seg)
-        elif isinstance(module, _CONTAINERS):
+        elif isinstance(module, CONTAINERS):
             children = _children(module)
             if -len(children) <= seg < len(children):
                 child_key = children[seg]
@@ -188,7 +187,7 @@ def resolve(model: nn.Module, path: str | Path) -> Target:
             parent = module
         origin, key, member_keys = None, child_key, []
         module = modules[child_key]  # type: ignore[assignment]
-        name = _join(name, child_key)
+        name = join_path(name, child_key)
     return Target(p, name, module, parent, key, member_keys, origin[1] if origin else "")
 
 
@@ -280,174 +279,3 @@ def find(model: nn.Module, pattern: str) -> list[str]:
         ['layer2.0.downsample', 'layer3.0.downsample', 'layer4.0.downsample']
     """
     return [name for name, _ in select(model, pattern)]
-
-
-def _warn_shared(model: nn.Module, target: Target, action: str) -> None:
-    paths = module_paths(model).get(id(target.module), [])
-    others = [p for p in paths if p != target.name]
-    if others:
-        warnings.warn(
-            f"{action} {target.name!r} only: the same module object is also reachable at "
-            f"{', '.join(map(repr, others))}, which keeps the old module",
-            SharedModuleWarning,
-            stacklevel=3,
-        )
-
-
-def _check_module(module: object, what: str = "module") -> nn.Module:
-    if not isinstance(module, nn.Module):
-        raise ArgumentError(f"{what} must be an nn.Module, got {type(module).__name__}")
-    return module
-
-
-def replace(model: nn.Module, path: str | Path, module: nn.Module) -> nn.Module:
-    """Replace the module at ``path`` by ``module``, in place; return the old one.
-
-    Unlike ``set_submodule``, a wrong path raises instead of creating an attribute.
-
-    Raises:
-        PathNotFoundError: no module at ``path`` (nothing is changed).
-        ArgumentError: ``module`` is not an ``nn.Module``, or ``path`` is the root or a slice.
-
-    Example:
-        >>> import torch, torchvision, surgery
-        >>> m = torchvision.models.resnet18(weights=None)
-        >>> old = surgery.replace(m, "fc", torch.nn.Linear(512, 10))
-        >>> old.out_features, m.fc.out_features
-        (1000, 10)
-    """
-    _check_module(module)
-    target = resolve(model, path)
-    if target.parent is None:
-        raise ArgumentError("cannot replace the root (path ''): use the new module instead")
-    if target.is_slice:
-        raise ArgumentError(
-            f"cannot replace the slice {str(path)!r} by one module: delete it and insert, "
-            f"or replace its members one by one"
-        )
-    _warn_shared(model, target, "replacing")
-    assert target.key is not None
-    setattr(target.parent, target.key, module)
-    return target.module
-
-
-def _renumber(container: nn.Module, numeric: bool) -> None:
-    if numeric:
-        values = list(container._modules.values())
-        container._modules = OrderedDict((str(i), m) for i, m in enumerate(values))
-
-
-def _is_numbered(container: nn.Module) -> bool:
-    return list(container._modules) == [str(i) for i in range(len(container._modules))]
-
-
-def delete(model: nn.Module, path: str | Path) -> nn.Module:
-    """Remove the module at ``path``, in place; return it.
-
-    An entry of a Sequential/ModuleList/ModuleDict is removed (Sequential and
-    ModuleList entries are re-indexed); any other child is replaced by
-    ``nn.Identity`` so that ``forward`` keeps working. A slice removes all its
-    members and returns them in a container.
-
-    Example:
-        >>> import torchvision, surgery
-        >>> m = torchvision.models.vgg16_bn(weights=None)
-        >>> n = len(m.classifier)
-        >>> _ = surgery.delete(m, "classifier[-1]")
-        >>> len(m.classifier) == n - 1
-        True
-        >>> type(surgery.delete(m, "avgpool")).__name__, type(m.avgpool).__name__
-        ('AdaptiveAvgPool2d', 'Identity')
-    """
-    target = resolve(model, path)
-    parent = target.parent
-    if parent is None:
-        raise ArgumentError("cannot delete the root (path '')")
-    if target.is_slice:
-        numbered = _is_numbered(parent)
-        for k in target.member_keys:
-            del parent._modules[k]
-        _renumber(parent, numbered)
-        return target.module
-    assert target.key is not None
-    _warn_shared(model, target, "deleting")
-    if isinstance(parent, _CONTAINERS):
-        numbered = isinstance(parent, _LIST_LIKE) and _is_numbered(parent)
-        del parent._modules[target.key]
-        _renumber(parent, numbered)
-    else:
-        setattr(parent, target.key, nn.Identity())
-    return target.module
-
-
-def _fresh_key(container: nn.Module, module: nn.Module, name: str | None) -> str:
-    if name is not None:
-        if not isinstance(name, str) or not name or "." in name:
-            raise ArgumentError(f"name must be a non-empty str without '.', got {name!r}")
-        if name in container._modules:
-            raise ArgumentError(f"name {name!r} is already taken in this container")
-        return name
-    base = type(module).__name__.lower()
-    key, i = base, 1
-    while key in container._modules or hasattr(container, key):
-        key = f"{base}_{i}"
-        i += 1
-    return key
-
-
-def insert(
-    model: nn.Module,
-    path: str | Path,
-    module: nn.Module,
-    *,
-    after: bool = False,
-    name: str | None = None,
-) -> str:
-    """Insert ``module`` before (or ``after``) the entry at ``path``, in place.
-
-    ``path`` names an entry of a Sequential or ModuleList; numbered entries are
-    re-indexed. In a Sequential with named entries the new entry is called
-    ``name`` (default: the class name in lower case).
-
-    Returns:
-        The path of the inserted module.
-
-    Raises:
-        ArgumentError: the entry is not in a Sequential/ModuleList (wrap it:
-            ``replace(model, path, nn.Sequential(new, old))``).
-
-    Example:
-        >>> import torch, torchvision, surgery
-        >>> m = torchvision.models.vgg16_bn(weights=None)
-        >>> surgery.insert(m, "classifier[-1]", torch.nn.Dropout(0.2))
-        'classifier.6'
-        >>> type(m.classifier[6]).__name__, type(m.classifier[7]).__name__
-        ('Dropout', 'Linear')
-    """
-    _check_module(module)
-    target = resolve(model, path)
-    parent = target.parent
-    if parent is None or target.is_slice or not isinstance(parent, _LIST_LIKE):
-        where = type(parent).__name__ if parent is not None else "nothing (it is the root)"
-        raise ArgumentError(
-            f"cannot insert at {str(path)!r}: it is held by {where}, not a Sequential or "
-            f"ModuleList.\n  wrap it instead: surgery.replace(model, {str(path)!r}, "
-            f"nn.Sequential(new, surgery.get(model, {str(path)!r})))"
-        )
-    assert target.key is not None
-    numbered = _is_numbered(parent)
-    keys = list(parent._modules)
-    pos = keys.index(target.key) + (1 if after else 0)
-    if numbered:
-        if name is not None:
-            raise ArgumentError("name= is only for Sequentials with named entries")
-        new_key = "__surgery_new__"
-    else:
-        new_key = _fresh_key(parent, module, name)
-    items = list(parent._modules.items())
-    items.insert(pos, (new_key, module))
-    parent._modules = OrderedDict(items)
-    _renumber(parent, numbered)
-    final_key = str(pos) if numbered else new_key
-    prefix = target.name.rsplit(".", 1)[0] if "." in target.name else ""
-    return _join(prefix, final_key)

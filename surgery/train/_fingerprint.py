@@ -1,4 +1,4 @@
-"""Fingerprints and staleness checks for :mod:`surgery._cache`.
+"""Fingerprints and staleness checks for :mod:`surgery.train._cache`.
 
 ``weights_fingerprint`` / ``data_fingerprint`` key an on-disk feature cache;
 ``_Watch`` remembers a body's tensors and tells, cheaply, whether they changed
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import ArgumentError
+from .._errors import ArgumentError
 
 __all__ = ["data_fingerprint", "weights_fingerprint"]
 

@@ -1,6 +1,6 @@
 """Loading into models that are not plain CPU tensors: the meta device and DTensors.
 
-Used by :func:`surgery.load_partial` (:mod:`surgery._load`):
+Used by :func:`surgery.load_partial` (:mod:`surgery.checkpoint._load`):
 
 * **Meta targets** (a model built under ``torch.device("meta")``): a loaded
   tensor is *assigned*, not copied, like ``load_state_dict(assign=True)``: the
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._meta import meta_copy
+from ..trace._meta import meta_copy
 from ._sources import TensorSource
 
 __all__ = ["MetaInit", "initializer", "install", "is_dtensor", "plan_init", "read_for", "run_init"]

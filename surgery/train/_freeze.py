@@ -30,8 +30,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FrozenBatchNorm2d
 
-from ._errors import ArgumentError
-from ._graph import check_model
+from .._errors import ArgumentError
+from ..paths._resolve import check_model
 from ._groups import select_targets, split_plan
 
 __all__ = [

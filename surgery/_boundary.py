@@ -1,0 +1,86 @@
+"""The error boundary: context added once at each public function, and user callables.
+
+Inner code raises short :class:`~surgery.SurgeryError` messages. The public
+function wraps its body in :func:`operation`, which adds the operation and the
+model class in front of the message, once, and fills the error's ``op``,
+``path``, ``key`` and ``file`` fields. A caller's own callable (a factory, a
+rename function, a dataset) runs through :func:`user_call`, so that whatever it
+raises reaches the caller as a ``SurgeryError`` naming the path or key, with the
+original exception as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from ._errors import SurgeryError
+
+__all__ = ["operation", "user_call"]
+
+_T = TypeVar("_T")
+
+
+@contextlib.contextmanager
+def operation(op: str, *, model: object = None, **fields: Any) -> Iterator[None]:
+    """Add the operation's context to every :class:`SurgeryError` raised inside, once.
+
+    The message gets ``"{op}({ModelClass}): "`` in front (``"{op}: "`` without a
+    model) unless an inner boundary already added one, and the fields ``op``,
+    ``path``, ``key`` and ``file`` are filled where the inner code left them
+    None. Exceptions of other types pass through untouched: mapping foreign
+    errors is the inner code's job (see :func:`user_call`).
+
+    Example:
+        >>> from surgery import PathNotFoundError
+        >>> try:
+        ...     with operation("get", path="fc2"):
+        ...         raise PathNotFoundError("no module 'fc2'")
+        ... except SurgeryError as e:
+        ...     print(e, "|", e.op, e.path)
+        get: no module 'fc2' | get fc2
+    """
+    try:
+        yield
+    except SurgeryError as e:
+        if getattr(e, "op", None) is None:
+            head = f"{op}({type(model).__name__}): " if model is not None else f"{op}: "
+            message = str(e)
+            if not message.startswith(op):
+                e.args = (head + message, *e.args[1:]) if e.args else (head,)
+            e.op = op
+        for name, value in fields.items():
+            if value is not None and getattr(e, name, None) is None:
+                setattr(e, name, str(value))
+        raise
+
+
+def user_call(
+    fn: Callable[..., _T],
+    *args: Any,
+    what: str,
+    error: type[SurgeryError] = SurgeryError,
+    **fields: Any,
+) -> _T:
+    """Call a user-supplied callable; wrap any exception it raises in ``error``.
+
+    ``what`` names the call in the message (``"the factory for 'layer1.0.bn1'"``);
+    ``fields`` (``path=``, ``key=``) are set on the error, and the original
+    exception is its ``__cause__``. A :class:`SurgeryError` passes through.
+
+    Example:
+        >>> from surgery import SurgeryError
+        >>> try:
+        ...     user_call(int, "x", what="the factory for 'fc'", path="fc")
+        ... except SurgeryError as e:
+        ...     print(e.path, type(e.__cause__).__name__)
+        fc ValueError
+    """
+    try:
+        return fn(*args)
+    except SurgeryError:
+        raise
+    except Exception as e:
+        detail = str(e) or type(e).__name__
+        raise error(f"{what} raised {type(e).__name__}: {detail}", **fields) from e
