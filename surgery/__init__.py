@@ -33,6 +33,7 @@ from .checkpoint._load import LoadReport, load_partial
 from .checkpoint._save import save_state_dict
 from .edit._graph import delete, insert, replace
 from .edit._heads import adapt_input, create_head, replace_head
+from .edit._plan import Edit, EditPlan, Setting
 from .paths._grammar import Path, parse_path
 from .paths._resolve import find, get
 from .trace._compose import compose, take
@@ -48,6 +49,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ArgumentError",
     "CheckpointError",
+    "Edit",
+    "EditPlan",
     "FeatureCache",
     "LayerNotFoundError",
     "LoadError",
@@ -58,6 +61,7 @@ __all__ = [
     "PathNotFoundError",
     "PathSyntaxError",
     "SaveError",
+    "Setting",
     "ShapeMismatchError",
     "SharedModuleWarning",
     "StaleCacheError",
