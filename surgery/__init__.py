@@ -32,8 +32,10 @@ from ._errors import (
 from .checkpoint._load import LoadReport, load_partial
 from .checkpoint._save import save_state_dict
 from .edit._graph import delete, insert, replace
-from .edit._heads import adapt_input, create_head, replace_head
+from .edit._head_layers import AdaptiveConcatPool2d, create_head
+from .edit._heads import replace_head
 from .edit._plan import Edit, EditPlan, Setting
+from .edit._stem import adapt_input
 from .paths._grammar import Path, parse_path
 from .paths._resolve import find, get
 from .trace._compose import compose, take
@@ -47,6 +49,7 @@ from .train._groups import layer_groups, param_groups
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveConcatPool2d",
     "ArgumentError",
     "CheckpointError",
     "Edit",

@@ -154,9 +154,7 @@ class Planner:
             if anc in inside:
                 name = self.paths.get(anc, [""])[0]
                 where = f"{name!r}" if name else "the model itself"
-                raise ArgumentError(
-                    _CYCLE.format(kind=kind, path=path, ancestor=where, op=self.op)
-                )
+                raise ArgumentError(_CYCLE.format(kind=kind, path=path, ancestor=where, op=self.op))
 
     def _check_new(self, new: object, path: str, call: str) -> nn.Module:
         if not isinstance(new, nn.Module):
@@ -166,9 +164,7 @@ class Planner:
             )
         return new
 
-    def replace(
-        self, module: nn.Module, new: nn.Module | None, *, path: str | None = None
-    ) -> Edit:
+    def replace(self, module: nn.Module, new: nn.Module | None, *, path: str | None = None) -> Edit:
         """Every location of ``module`` gets ``new`` (``None``: the slot holds None)."""
         shown = path if path is not None else (self.paths_of(module) or [""])[0]
         locs = self._claim(module, shown)
@@ -203,7 +199,9 @@ class Planner:
     def put(self, parent: nn.Module, key: str, new: nn.Module | None, *, path: str) -> None:
         """Set the one slot ``parent._modules[key]`` (which holds None or nothing) to ``new``."""
         if new is not None:
-            ancestors = {id(parent)}.union(*(loc.ancestors for loc in self.locations.get(id(parent), [])))
+            ancestors = {id(parent)}.union(
+                *(loc.ancestors for loc in self.locations.get(id(parent), []))
+            )
             self._check_cycle(new, ancestors, path, "module")
         work = self._working(parent)
         action = "insert" if key not in work else "replace"
@@ -335,7 +333,9 @@ class Planner:
                 if id(child) in active:
                     raise ArgumentError(
                         _CYCLE.format(
-                            kind="module", path=join_path(path, key), ancestor="an ancestor",
+                            kind="module",
+                            path=join_path(path, key),
+                            ancestor="an ancestor",
                             op=self.op,
                         )
                     )

@@ -8,7 +8,6 @@ object once, no cycle, the alias policy), and only then committed.
 
 from __future__ import annotations
 
-
 from torch import nn
 
 from .._boundary import operation
@@ -30,8 +29,7 @@ def _call(op: str, path: object, module: object) -> str:
 def _check_module(op: str, path: object, module: object) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise ArgumentError(
-            f"{_call(op, path, module)}: module must be an nn.Module, got "
-            f"{type(module).__name__}",
+            f"{_call(op, path, module)}: module must be an nn.Module, got {type(module).__name__}",
             path=str(path),
         )
     return module

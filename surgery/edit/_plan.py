@@ -165,7 +165,7 @@ class EditPlan:
             f"{s} setting{'' if s == 1 else 's'}"
         ]
         if self.edits:
-            rows = [("action", "path", "old", "new", "aliases")]
+            rows: list[tuple[str, ...]] = [("action", "path", "old", "new", "aliases")]
             for e in self.edits:
                 rows.append(
                     (
@@ -178,12 +178,17 @@ class EditPlan:
                 )
             lines += _table(rows)
         if self.settings:
-            rows = [("path", "attribute", "old", "new")]
+            settings: list[tuple[str, ...]] = [("path", "attribute", "old", "new")]
             for st in self.settings:
-                rows.append(
-                    (st.path or "(root)", st.attribute, str(_jsonable(st.old)), str(_jsonable(st.new)))
+                settings.append(
+                    (
+                        st.path or "(root)",
+                        st.attribute,
+                        str(_jsonable(st.old)),
+                        str(_jsonable(st.new)),
+                    )
                 )
-            lines += _table(rows)
+            lines += _table(settings)
         return "\n".join(lines)
 
     def __repr__(self) -> str:
