@@ -42,9 +42,11 @@ from .trace._compose import compose, take
 from .trace._cut import cut, split
 from .trace._tree import ModelTree, TreeRow, tree
 from .trace._verify import summary, verify
+from .train._batchnorm import FrozenBatchNormNd
 from .train._cache import FeatureCache, precompute
-from .train._freeze import TrainableReport, TrainableRow, freeze, freeze_to, trainable, unfreeze
+from .train._freeze import freeze, freeze_to, unfreeze
 from .train._groups import layer_groups, param_groups
+from .train._trainable import TrainableReport, TrainableRow, trainable
 
 __version__ = "0.1.0"
 
@@ -55,6 +57,7 @@ __all__ = [
     "Edit",
     "EditPlan",
     "FeatureCache",
+    "FrozenBatchNormNd",
     "LayerNotFoundError",
     "LoadError",
     "LoadReport",
