@@ -99,24 +99,20 @@ class Planner:
     # ------------------------------------------------------------------ the walk
 
     def _walk(self) -> None:
-        stack: list[tuple[nn.Module, str, frozenset[int]]] = [(self.model, "", frozenset())]
+        """One DFS over ``_modules``, in model order, shared modules at every path."""
+        stack: list[tuple[nn.Module, str, nn.Module | None, str, frozenset[int]]] = [
+            (self.model, "", None, "", frozenset())
+        ]
         while stack:
-            module, path, above = stack.pop()
+            module, path, parent, key, above = stack.pop()
+            if parent is not None:
+                self.locations.setdefault(id(module), []).append(Location(path, parent, key, above))
+                self.paths.setdefault(id(module), []).append(path)
             chain = above | {id(module)}
             children = [(k, c) for k, c in module._modules.items() if c is not None]
-            for key, child in reversed(children):
-                if id(child) in chain:
-                    continue  # an existing cycle: do not loop forever
-                child_path = join_path(path, key)
-                self.locations.setdefault(id(child), []).append(
-                    Location(child_path, module, key, chain)
-                )
-                self.paths.setdefault(id(child), []).append(child_path)
-                stack.append((child, child_path, chain))
-        for locs in self.locations.values():
-            locs.sort(key=lambda loc: _order(loc.path))
-        for ps in self.paths.values():
-            ps.sort(key=_order)
+            for k, child in reversed(children):  # popped in model order
+                if id(child) not in chain:  # an existing cycle: do not loop forever
+                    stack.append((child, join_path(path, k), module, k, chain))
 
     def paths_of(self, module: nn.Module) -> list[str]:
         """Every path of ``module`` in the model, in model order ([] if it is not in the model)."""
@@ -341,10 +337,6 @@ class Planner:
                     )
                 if id(child) not in done:
                     stack.append((child, join_path(path, key), False))
-
-
-def _order(path: str) -> tuple[tuple[int, int | str], ...]:
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in path.split(".")) if path else ()
 
 
 def _fresh_key(
