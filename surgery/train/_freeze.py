@@ -51,17 +51,21 @@ def _bn_under(modules: Iterable[tuple[str, nn.Module]]) -> list[tuple[str, nn.Mo
     return out
 
 
-def _selections(model: nn.Module, patterns: tuple[Any, ...]) -> tuple[list[str], list]:
+def _selections(
+    model: nn.Module, patterns: tuple[Any, ...], types: Any = None
+) -> tuple[list[str], list]:
     flat: list[Any] = []
     for p in patterns:  # freeze(m, ["layer1", "layer2"]) means freeze(m, "layer1", "layer2")
         flat.extend(p if isinstance(p, (list, tuple)) else [p])
     patterns = tuple(flat)
-    if not patterns:
+    if not patterns and types is None:
         return [n for n, _ in model.named_parameters()], [("", model)]
+    if not patterns:
+        patterns = ("**",)
     names: dict[str, None] = {}
     modules: list[tuple[str, nn.Module]] = []
     for pattern in patterns:  # resolve all before changing anything
-        sel = select_targets(model, pattern)
+        sel = select_targets(model, pattern, types)
         names.update(dict.fromkeys(sel.params))
         modules += sel.modules
     return list(names), modules
@@ -71,6 +75,7 @@ def freeze(
     model: nn.Module,
     *patterns: str,
     bn: str = "eval",
+    types: Any = None,
     aliases: str = "warn",
     dry_run: bool = False,
 ) -> nn.Module | EditPlan:
@@ -95,6 +100,8 @@ def freeze(
         model: any ``nn.Module``.
         *patterns: paths, globs or ``re:`` patterns of the path grammar.
         bn: the BatchNorm policy for the frozen parts.
+        types: keep only the modules of these types (a class, a tuple, a class name
+            or a list of names; see :func:`surgery.find`); no pattern means ``"**"``.
         aliases: ``"warn"`` (default) or ``"error"`` when ``bn="frozen"`` replaces
             a BatchNorm reachable under several paths (it is replaced at all of them).
         dry_run: return the :class:`~surgery.EditPlan` and change nothing.
@@ -120,6 +127,9 @@ def freeze(
         >>> _ = surgery.freeze(m, "layer4", bn="frozen")
         >>> type(m.layer4[0].bn1).__name__
         'FrozenBatchNorm2d'
+        >>> _ = surgery.freeze(m, "**", types="BatchNorm2d")  # every BatchNorm, by type
+        >>> m.layer3[0].bn1.weight.requires_grad, m.layer3[0].conv1.weight.requires_grad
+        (False, True)
         >>> plan = surgery.freeze(m, "fc", dry_run=True)
         >>> [(s.path, s.new) for s in plan.settings], m.fc.weight.requires_grad
         ([('fc.weight', False), ('fc.bias', False)], True)
@@ -128,13 +138,17 @@ def freeze(
         check_model(model, "freeze")
         policy = check_bn(bn)
         shared = check_aliases(aliases)
-        names, modules = _selections(model, patterns)
+        names, modules = _selections(model, patterns, types)
         bns = [(n, m, policy) for n, m in _bn_under(modules)]
         return _plan(model, "freeze", dict.fromkeys(names, False), bns, shared, dry_run)
 
 
 def unfreeze(
-    model: nn.Module, *patterns: str, aliases: str = "warn", dry_run: bool = False
+    model: nn.Module,
+    *patterns: str,
+    types: Any = None,
+    aliases: str = "warn",
+    dry_run: bool = False,
 ) -> nn.Module | EditPlan:
     """Make the parameters under ``patterns`` trainable again, in place; none means all.
 
@@ -147,6 +161,7 @@ def unfreeze(
     Args:
         model: any ``nn.Module``.
         *patterns: paths, globs or ``re:`` patterns of the path grammar.
+        types: keep only the modules of these types (see :func:`freeze`).
         aliases: ``"warn"`` (default) or ``"error"`` for a shared converted batch norm.
         dry_run: return the :class:`~surgery.EditPlan` and change nothing.
 
@@ -168,7 +183,7 @@ def unfreeze(
     with operation("unfreeze", model=model):
         check_model(model, "unfreeze")
         shared = check_aliases(aliases)
-        names, modules = _selections(model, patterns)
+        names, modules = _selections(model, patterns, types)
         bns = [(n, m, None) for n, m in _bn_under(modules)]
         return _plan(model, "unfreeze", dict.fromkeys(names, True), bns, shared, dry_run)
 
