@@ -12,6 +12,7 @@ Example:
     ['layer4.0.conv1', 'layer4.0.conv2', 'layer4.1.conv1', 'layer4.1.conv2']
 """
 
+from . import layers as layers  # swap factories: surgery.layers.group_norm(32), ...
 from ._errors import (
     ArgumentError,
     CheckpointError,
@@ -36,6 +37,7 @@ from .edit._head_layers import AdaptiveConcatPool2d, create_head
 from .edit._heads import replace_head
 from .edit._plan import Edit, EditPlan, Setting
 from .edit._stem import adapt_input
+from .edit._swap import SwapReport, swap
 from .paths._grammar import Path, parse_path
 from .paths._resolve import find, get
 from .trace._compose import compose, take
@@ -73,6 +75,7 @@ __all__ = [
     "StaleCacheError",
     "SurgeryError",
     "SurgeryWarning",
+    "SwapReport",
     "TraceError",
     "TrainableReport",
     "TrainableRow",
@@ -98,6 +101,7 @@ __all__ = [
     "save_state_dict",
     "split",
     "summary",
+    "swap",
     "take",
     "trainable",
     "tree",

@@ -38,6 +38,7 @@ __all__ = [
     "FrozenBatchNormNd",
     "bn_policy",
     "check_bn",
+    "frozen_twin",
     "is_bn",
     "plan_bn",
     "set_requires_grad",
