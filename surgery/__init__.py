@@ -12,6 +12,7 @@ Example:
     ['layer4.0.conv1', 'layer4.0.conv2', 'layer4.1.conv1', 'layer4.1.conv2']
 """
 
+from . import layers as layers  # swap factories: surgery.layers.group_norm(32), ...
 from ._errors import (
     ArgumentError,
     CheckpointError,
@@ -32,23 +33,33 @@ from ._errors import (
 from .checkpoint._load import LoadReport, load_partial
 from .checkpoint._save import save_state_dict
 from .edit._graph import delete, insert, replace
-from .edit._heads import adapt_input, create_head, replace_head
+from .edit._head_layers import AdaptiveConcatPool2d, create_head
+from .edit._heads import replace_head
+from .edit._plan import Edit, EditPlan, Setting
+from .edit._stem import adapt_input
+from .edit._swap import SwapReport, swap
 from .paths._grammar import Path, parse_path
 from .paths._resolve import find, get
 from .trace._compose import compose, take
 from .trace._cut import cut, split
 from .trace._tree import ModelTree, TreeRow, tree
 from .trace._verify import summary, verify
+from .train._batchnorm import FrozenBatchNormNd
 from .train._cache import FeatureCache, precompute
-from .train._freeze import TrainableReport, TrainableRow, freeze, freeze_to, trainable, unfreeze
+from .train._freeze import freeze, freeze_to, unfreeze
 from .train._groups import layer_groups, param_groups
+from .train._trainable import TrainableReport, TrainableRow, trainable
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveConcatPool2d",
     "ArgumentError",
     "CheckpointError",
+    "Edit",
+    "EditPlan",
     "FeatureCache",
+    "FrozenBatchNormNd",
     "LayerNotFoundError",
     "LoadError",
     "LoadReport",
@@ -58,11 +69,13 @@ __all__ = [
     "PathNotFoundError",
     "PathSyntaxError",
     "SaveError",
+    "Setting",
     "ShapeMismatchError",
     "SharedModuleWarning",
     "StaleCacheError",
     "SurgeryError",
     "SurgeryWarning",
+    "SwapReport",
     "TraceError",
     "TrainableReport",
     "TrainableRow",
@@ -88,6 +101,7 @@ __all__ = [
     "save_state_dict",
     "split",
     "summary",
+    "swap",
     "take",
     "trainable",
     "tree",

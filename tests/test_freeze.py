@@ -15,7 +15,9 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 import surgery
-from surgery.train._freeze import FrozenBatchNormNd, bn_policy
+from surgery import FrozenBatchNormNd
+from surgery.train._batchnorm import bn_policy
+from tests.snapshot import assert_unchanged, snapshot
 
 SPLIT = ["layer3", "fc"]
 
@@ -37,31 +39,6 @@ def resnet(_resnet: nn.Module) -> nn.Module:
 
 def flags(model: nn.Module) -> dict[str, bool]:
     return {n: p.requires_grad for n, p in model.named_parameters()}
-
-
-def snapshot(model: nn.Module, values: bool = True) -> dict[str, object]:
-    """Everything an error must leave untouched (``values=False``: all but tensor values)."""
-    return {
-        "state": {k: v.clone() if values else v.shape for k, v in model.state_dict().items()},
-        "flags": flags(model),
-        "modes": [(n, m.training) for n, m in model.named_modules()],
-        "ids": [(n, id(m)) for n, m in model.named_modules()],
-        "hooks": [(n, len(m._forward_pre_hooks)) for n, m in model.named_modules()],
-    }
-
-
-def same(a: dict, b: dict) -> bool:
-    return (
-        a["flags"] == b["flags"]
-        and a["modes"] == b["modes"]
-        and a["ids"] == b["ids"]
-        and a["hooks"] == b["hooks"]
-        and a["state"].keys() == b["state"].keys()
-        and all(
-            torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
-            for x, y in zip(a["state"].values(), b["state"].values())
-        )
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -126,10 +103,10 @@ def test_unknown_path_leaves_model_untouched(resnet: nn.Module) -> None:
         surgery.PathNotFoundError, match=r"'layer9'.*\n.*children there.*\n.*did you mean 'layer4'"
     ):
         surgery.freeze(resnet, "layer1", "layer9")
-    assert same(before, snapshot(resnet))
+    assert_unchanged(resnet, before)
     with pytest.raises(surgery.PathNotFoundError):
         surgery.unfreeze(resnet, "fc", "nope.*")
-    assert same(before, snapshot(resnet))
+    assert_unchanged(resnet, before)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +120,7 @@ def test_bad_bn_policy(resnet: nn.Module, kwargs: dict, match: str) -> None:
     before = snapshot(resnet)
     with pytest.raises(surgery.ArgumentError, match=match):
         surgery.freeze(resnet, "layer1", **kwargs)
-    assert same(before, snapshot(resnet))
+    assert_unchanged(resnet, before)
 
 
 def test_not_a_module() -> None:
@@ -308,7 +285,7 @@ def test_bn_frozen_refuses_without_statistics_and_custom_forward() -> None:
     before = snapshot(model)
     with pytest.raises(surgery.ArgumentError, match=r"(?s)'2' .*no running statistics.*bn='eval'"):
         surgery.freeze(model, bn="frozen")
-    assert same(before, snapshot(model))
+    assert_unchanged(model, before)
     custom = nn.Sequential(MyBN(4))
     with pytest.raises(surgery.ArgumentError, match=r"(?s)MyBN has its own forward.*bn='eval'"):
         surgery.freeze(custom, bn="frozen")
@@ -326,9 +303,16 @@ def test_bn_frozen_root_is_refused() -> None:
 def test_shared_bn_converted_at_every_path() -> None:
     bn = nn.BatchNorm2d(3)
     model = nn.Sequential(bn, nn.ReLU(), bn)
-    surgery.freeze(model, bn="frozen")
+    before = snapshot(model)
+    with pytest.raises(surgery.ArgumentError, match=r"'0' is also reachable at '2'"):
+        surgery.freeze(model, bn="frozen", aliases="error")
+    assert_unchanged(model, before)
+    with pytest.warns(surgery.SharedModuleWarning, match=r"'0' is also reachable at '2'") as rec:
+        surgery.freeze(model, bn="frozen")
+    assert len(rec) == 1
     assert model[0] is model[2] and type(model[0]) is FrozenBatchNorm2d
-    surgery.unfreeze(model)
+    with pytest.warns(surgery.SharedModuleWarning, match=r"'0' is also reachable at '2'"):
+        surgery.unfreeze(model)
     assert model[0] is bn and model[2] is bn
 
 
@@ -389,7 +373,7 @@ def test_freeze_to_errors(resnet: nn.Module, n: object, split_at: list, match: s
     before = snapshot(resnet)
     with pytest.raises(surgery.ArgumentError, match=match):
         surgery.freeze_to(resnet, n, split_at=split_at)  # type: ignore[arg-type]
-    assert same(before, snapshot(resnet))
+    assert_unchanged(resnet, before)
 
 
 # ---------------------------------------------------------------------------
@@ -447,4 +431,4 @@ def test_freeze_unfreeze_round_trip(_resnet: nn.Module, names: set[str]) -> None
     )
     assert report.frozen == expected
     surgery.unfreeze(model, *sorted(names))
-    assert same(before, snapshot(model, values=False))
+    assert_unchanged(model, before)

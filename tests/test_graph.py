@@ -271,12 +271,13 @@ def test_failed_operations_leave_the_model_unchanged(real_resnet18, op, error, m
     assert_unchanged(m, before)
 
 
-def test_shared_module_edit_warns_and_names_the_other_path() -> None:
+def test_shared_module_edit_applies_to_every_path_with_one_warning() -> None:
     shared = nn.Linear(2, 2)
     model = nn.Sequential(OrderedDict(a=shared, b=nn.ReLU(), c=shared))
-    with pytest.warns(SharedModuleWarning, match="also reachable at 'c'"):
-        surgery.replace(model, "a", nn.Tanh())
-    assert model.c is shared and isinstance(model.a, nn.Tanh)
+    with pytest.warns(SharedModuleWarning, match="also reachable at 'c'") as record:
+        assert surgery.replace(model, "a", nn.Tanh()) is shared
+    assert len(record) == 1
+    assert isinstance(model.a, nn.Tanh) and model.a is model.c
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         surgery.replace(model, "b", nn.GELU())  # not shared: no warning

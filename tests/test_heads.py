@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import surgery
-from surgery.edit._heads import AdaptiveConcatPool2d
+from surgery import AdaptiveConcatPool2d
 from surgery.trace._meta import meta_copy
 from surgery.trace._tree import output_shapes
 from tests.snapshot import assert_unchanged, snapshot

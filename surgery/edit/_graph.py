@@ -1,50 +1,71 @@
 """The in-place graph edits: ``replace``, ``delete``, ``insert``.
 
-Every function here is parse -> plan -> apply: the path is resolved to a
-:class:`~surgery.paths._resolve.Target` without changing anything, and only a
-complete, valid plan is applied.
+Each is a planner on the edit engine (:mod:`surgery.edit._engine`): the path is
+resolved, the edit is planned against working copies and checked (each module
+object once, no cycle, the alias policy), and only then committed.
+``dry_run=True`` returns the :class:`~surgery.EditPlan` and changes nothing.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections import OrderedDict
-
 from torch import nn
 
-from .._errors import ArgumentError, SharedModuleWarning
+from .._boundary import operation
+from .._errors import ArgumentError
 from ..paths._grammar import Path
-from ..paths._resolve import CONTAINERS, LIST_LIKE, Target, join_path, module_paths, resolve
+from ..paths._resolve import LIST_LIKE, check_model, join_path, resolve
+from ._engine import Planner, check_aliases, run_plan
+from ._plan import EditPlan
 
 __all__ = ["delete", "insert", "replace"]
 
 
-def _warn_shared(model: nn.Module, target: Target, action: str) -> None:
-    paths = module_paths(model).get(id(target.module), [])
-    others = [p for p in paths if p != target.name]
-    if others:
-        warnings.warn(
-            f"{action} {target.name!r} only: the same module object is also reachable at "
-            f"{', '.join(map(repr, others))}, which keeps the old module",
-            SharedModuleWarning,
-            stacklevel=3,
-        )
+def _call(op: str, path: object, module: object) -> str:
+    shown = repr(module)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"{op}(model, {str(path)!r}, {shown})"
 
 
-def _check_module(module: object, what: str = "module") -> nn.Module:
+def _check_module(op: str, path: object, module: object) -> nn.Module:
     if not isinstance(module, nn.Module):
-        raise ArgumentError(f"{what} must be an nn.Module, got {type(module).__name__}")
+        raise ArgumentError(
+            f"{_call(op, path, module)}: module must be an nn.Module, got {type(module).__name__}",
+            path=str(path),
+        )
     return module
 
 
-def replace(model: nn.Module, path: str | Path, module: nn.Module) -> nn.Module:
+def replace(
+    model: nn.Module,
+    path: str | Path,
+    module: nn.Module,
+    *,
+    aliases: str = "warn",
+    dry_run: bool = False,
+) -> nn.Module | EditPlan:
     """Replace the module at ``path`` by ``module``, in place; return the old one.
 
     Unlike ``set_submodule``, a wrong path raises instead of creating an attribute.
+    The edit applies to the module *object*: if it is reachable under several
+    paths (a shared module), every one of them gets ``module``, with one
+    :class:`~surgery.SharedModuleWarning` naming them (``aliases="error"``
+    refuses instead).
+
+    Args:
+        model: the model to change, in place.
+        path: the module to replace (not the root, not a slice).
+        module: the new module.
+        aliases: ``"warn"`` (default) or ``"error"`` for a shared module.
+        dry_run: return the :class:`~surgery.EditPlan` and change nothing.
+
+    Returns:
+        The old module (the plan with ``dry_run=True``).
 
     Raises:
         PathNotFoundError: no module at ``path`` (nothing is changed).
-        ArgumentError: ``module`` is not an ``nn.Module``, or ``path`` is the root or a slice.
+        ArgumentError: ``module`` is not an ``nn.Module``, ``path`` is the root
+            or a slice, ``module`` contains ``path``'s parent (a cycle), or a
+            shared module with ``aliases="error"``.
 
     Example:
         >>> import torch, torchvision, surgery
@@ -52,39 +73,50 @@ def replace(model: nn.Module, path: str | Path, module: nn.Module) -> nn.Module:
         >>> old = surgery.replace(m, "fc", torch.nn.Linear(512, 10))
         >>> old.out_features, m.fc.out_features
         (1000, 10)
+        >>> surgery.replace(m, "fc", torch.nn.Identity(), dry_run=True).edits[0].action
+        'replace'
     """
-    _check_module(module)
-    target = resolve(model, path)
-    if target.parent is None:
-        raise ArgumentError("cannot replace the root (path ''): use the new module instead")
-    if target.is_slice:
-        raise ArgumentError(
-            f"cannot replace the slice {str(path)!r} by one module: delete it and insert, "
-            f"or replace its members one by one"
-        )
-    _warn_shared(model, target, "replacing")
-    assert target.key is not None
-    setattr(target.parent, target.key, module)
-    return target.module
+    with operation("replace", model=model, path=path):
+        check_model(model, "replace")
+        _check_module("replace", path, module)
+        policy = check_aliases(aliases)
+        target = resolve(model, path)
+        if target.parent is None:
+            raise ArgumentError("cannot replace the root (path ''): use the new module instead")
+        if target.is_slice:
+            raise ArgumentError(
+                f"cannot replace the slice {str(path)!r} by one module: delete it and insert, "
+                f"or replace its members one by one"
+            )
+        planner = Planner(model, "replace")
+        planner.replace(target.module, module, path=target.name)
+        plan = run_plan(planner.finish(policy), dry_run=dry_run)
+        return plan if dry_run else target.module
 
 
-def _renumber(container: nn.Module, numeric: bool) -> None:
-    if numeric:
-        values = list(container._modules.values())
-        container._modules = OrderedDict((str(i), m) for i, m in enumerate(values))
-
-
-def _is_numbered(container: nn.Module) -> bool:
-    return list(container._modules) == [str(i) for i in range(len(container._modules))]
-
-
-def delete(model: nn.Module, path: str | Path) -> nn.Module:
+def delete(
+    model: nn.Module, path: str | Path, *, aliases: str = "warn", dry_run: bool = False
+) -> nn.Module | EditPlan:
     """Remove the module at ``path``, in place; return it.
 
     An entry of a Sequential/ModuleList/ModuleDict is removed (Sequential and
     ModuleList entries are re-indexed); any other child is replaced by
     ``nn.Identity`` so that ``forward`` keeps working. A slice removes all its
-    members and returns them in a container.
+    members and returns them in a container. A module reachable under several
+    paths is removed from all of them (see :func:`replace` for ``aliases``).
+
+    Args:
+        model: the model to change, in place.
+        path: the module or slice to remove.
+        aliases: ``"warn"`` (default) or ``"error"`` for a shared module.
+        dry_run: return the :class:`~surgery.EditPlan` and change nothing.
+
+    Returns:
+        The removed module (the plan with ``dry_run=True``).
+
+    Raises:
+        PathNotFoundError: no module at ``path``.
+        ArgumentError: ``path`` is the root, or a shared module with ``aliases="error"``.
 
     Example:
         >>> import torchvision, surgery
@@ -96,40 +128,23 @@ def delete(model: nn.Module, path: str | Path) -> nn.Module:
         >>> type(surgery.delete(m, "avgpool")).__name__, type(m.avgpool).__name__
         ('AdaptiveAvgPool2d', 'Identity')
     """
-    target = resolve(model, path)
-    parent = target.parent
-    if parent is None:
-        raise ArgumentError("cannot delete the root (path '')")
-    if target.is_slice:
-        numbered = _is_numbered(parent)
-        for k in target.member_keys:
-            del parent._modules[k]
-        _renumber(parent, numbered)
-        return target.module
-    assert target.key is not None
-    _warn_shared(model, target, "deleting")
-    if isinstance(parent, CONTAINERS):
-        numbered = isinstance(parent, LIST_LIKE) and _is_numbered(parent)
-        del parent._modules[target.key]
-        _renumber(parent, numbered)
-    else:
-        setattr(parent, target.key, nn.Identity())
-    return target.module
-
-
-def _fresh_key(container: nn.Module, module: nn.Module, name: str | None) -> str:
-    if name is not None:
-        if not isinstance(name, str) or not name or "." in name:
-            raise ArgumentError(f"name must be a non-empty str without '.', got {name!r}")
-        if name in container._modules:
-            raise ArgumentError(f"name {name!r} is already taken in this container")
-        return name
-    base = type(module).__name__.lower()
-    key, i = base, 1
-    while key in container._modules or hasattr(container, key):
-        key = f"{base}_{i}"
-        i += 1
-    return key
+    with operation("delete", model=model, path=path):
+        check_model(model, "delete")
+        policy = check_aliases(aliases)
+        target = resolve(model, path)
+        parent = target.parent
+        if parent is None:
+            raise ArgumentError("cannot delete the root (path '')")
+        planner = Planner(model, "delete")
+        if target.is_slice:
+            for name, key in zip(target.member_names(), target.member_keys):
+                member = parent._modules[key]
+                assert member is not None
+                planner.delete(member, path=name)
+        else:
+            planner.delete(target.module, path=target.name)
+        plan = run_plan(planner.finish(policy), dry_run=dry_run)
+        return plan if dry_run else target.module
 
 
 def insert(
@@ -139,19 +154,32 @@ def insert(
     *,
     after: bool = False,
     name: str | None = None,
-) -> str:
+    aliases: str = "warn",
+    dry_run: bool = False,
+) -> str | EditPlan:
     """Insert ``module`` before (or ``after``) the entry at ``path``, in place.
 
     ``path`` names an entry of a Sequential or ModuleList; numbered entries are
     re-indexed. In a Sequential with named entries the new entry is called
-    ``name`` (default: the class name in lower case).
+    ``name`` (default: the class name in lower case). If the container is
+    reachable under several paths, all of them see the new entry.
+
+    Args:
+        model: the model to change, in place.
+        path: the entry to insert before (or after).
+        module: the new module.
+        after: insert after the entry instead of before.
+        name: the key in a Sequential with named entries.
+        aliases: ``"warn"`` (default) or ``"error"`` for a shared container.
+        dry_run: return the :class:`~surgery.EditPlan` and change nothing.
 
     Returns:
-        The path of the inserted module.
+        The path of the inserted module (the plan with ``dry_run=True``).
 
     Raises:
         ArgumentError: the entry is not in a Sequential/ModuleList (wrap it:
-            ``replace(model, path, nn.Sequential(new, old))``).
+            ``replace(model, path, nn.Sequential(new, old))``), ``module`` is not
+            an ``nn.Module`` or contains the container (a cycle).
 
     Example:
         >>> import torch, torchvision, surgery
@@ -161,30 +189,26 @@ def insert(
         >>> type(m.classifier[6]).__name__, type(m.classifier[7]).__name__
         ('Dropout', 'Linear')
     """
-    _check_module(module)
-    target = resolve(model, path)
-    parent = target.parent
-    if parent is None or target.is_slice or not isinstance(parent, LIST_LIKE):
-        where = type(parent).__name__ if parent is not None else "nothing (it is the root)"
-        raise ArgumentError(
-            f"cannot insert at {str(path)!r}: it is held by {where}, not a Sequential or "
-            f"ModuleList.\n  wrap it instead: surgery.replace(model, {str(path)!r}, "
-            f"nn.Sequential(new, surgery.get(model, {str(path)!r})))"
-        )
-    assert target.key is not None
-    numbered = _is_numbered(parent)
-    keys = list(parent._modules)
-    pos = keys.index(target.key) + (1 if after else 0)
-    if numbered:
-        if name is not None:
-            raise ArgumentError("name= is only for Sequentials with named entries")
-        new_key = "__surgery_new__"
-    else:
-        new_key = _fresh_key(parent, module, name)
-    items = list(parent._modules.items())
-    items.insert(pos, (new_key, module))
-    parent._modules = OrderedDict(items)
-    _renumber(parent, numbered)
-    final_key = str(pos) if numbered else new_key
-    prefix = target.name.rsplit(".", 1)[0] if "." in target.name else ""
-    return join_path(prefix, final_key)
+    with operation("insert", model=model, path=path):
+        check_model(model, "insert")
+        _check_module("insert", path, module)
+        policy = check_aliases(aliases)
+        target = resolve(model, path)
+        parent = target.parent
+        if parent is None or target.is_slice or not isinstance(parent, LIST_LIKE):
+            where = type(parent).__name__ if parent is not None else "nothing (it is the root)"
+            raise ArgumentError(
+                f"cannot insert at {str(path)!r}: it is held by {where}, not a Sequential or "
+                f"ModuleList.\n  wrap it instead: surgery.replace(model, {str(path)!r}, "
+                f"nn.Sequential(new, surgery.get(model, {str(path)!r})))"
+            )
+        assert target.key is not None
+        planner = Planner(model, "insert")
+        planner.insert(parent, target.key, module, after=after, name=name)
+        finished = planner.finish(policy)
+        new_key = finished.edits[-1].path.rsplit(".", 1)[-1]
+        plan = run_plan(finished, dry_run=dry_run)
+        if dry_run:
+            return plan
+        prefix = target.name.rsplit(".", 1)[0] if "." in target.name else ""
+        return join_path(prefix, new_key)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import difflib
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
 from .._errors import ArgumentError, PathNotFoundError
 from ._grammar import Path, Slice, compile_pattern, parse_path
+from ._types import describe_types, type_matcher
 
 __all__ = [
     "CONTAINERS",
@@ -221,15 +223,34 @@ def module_paths(model: nn.Module) -> dict[int, list[str]]:
     return out
 
 
-def select(model: nn.Module, pattern: str | Path) -> list[tuple[str, nn.Module]]:
+def select(model: nn.Module, pattern: str | Path, types: Any = None) -> list[tuple[str, nn.Module]]:
     """Modules named by a path or a pattern, as ``(name, module)`` in model order.
 
     A plain path resolves exactly (a slice gives its members); a glob or ``re:``
-    pattern is matched against ``named_modules`` names, root excluded.
+    pattern is matched against ``named_modules`` names, root excluded. ``types``
+    keeps only instances of the given type(s) (see :func:`find`).
 
     Raises:
-        PathSyntaxError, PathNotFoundError: as for :func:`find`.
+        PathSyntaxError, PathNotFoundError, ArgumentError: as for :func:`find`.
     """
+    match = type_matcher(model, types)
+    found = _select(model, pattern)
+    if match is None:
+        return found
+    kept = [(n, m) for n, m in found if match(m)]
+    if not kept:
+        kinds = sorted({type(m).__name__ for _, m in found})
+        raise PathNotFoundError(
+            f"{str(pattern)!r} matches {len(found)} module(s) of {type(model).__name__}, but none "
+            f"is a {describe_types(types)}; their types: {', '.join(kinds[:20])}"
+            + (", ..." if len(kinds) > 20 else "")
+            + f"\n  {_TREE_HINT}",
+            str(pattern),
+        )
+    return kept
+
+
+def _select(model: nn.Module, pattern: str | Path) -> list[tuple[str, nn.Module]]:
     if isinstance(pattern, Path):
         target = resolve(model, pattern)
         return _target_members(target)
@@ -259,23 +280,37 @@ def _target_members(target: Target) -> list[tuple[str, nn.Module]]:
     return [(target.name, target.module)]
 
 
-def find(model: nn.Module, pattern: str) -> list[str]:
+def find(model: nn.Module, pattern: str, *, types: Any = None) -> list[str]:
     """Module paths matching ``pattern``, in ``named_modules`` order (root excluded).
 
     ``*`` and ``?`` match inside one segment, ``**`` any number of segments,
     ``re:`` applies ``re.fullmatch`` to the dotted path; a plain path matches
     itself (a slice gives its members).
 
+    ``types`` keeps only the matches that are instances of the given type(s):
+    a class, a tuple of classes, a class name, or a list of names. A name
+    matches ``__name__`` anywhere in the MRO, so ``"BatchNorm2d"`` also selects
+    timm's ``BatchNormAct2d``.
+
     Raises:
         PathSyntaxError: the pattern does not parse.
-        PathNotFoundError: nothing matches.
+        PathNotFoundError: nothing matches, or a type name matches no class in
+            the model (the message lists the types present).
+        ArgumentError: ``types`` is of a wrong kind (an int, a module instance).
 
     Example:
-        >>> import torchvision, surgery
+        >>> import torch, torchvision, surgery
         >>> m = torchvision.models.resnet18(weights=None)
         >>> surgery.find(m, "layer1.*.bn?")
         ['layer1.0.bn1', 'layer1.0.bn2', 'layer1.1.bn1', 'layer1.1.bn2']
         >>> surgery.find(m, "**.downsample")
         ['layer2.0.downsample', 'layer3.0.downsample', 'layer4.0.downsample']
+        >>> surgery.find(m, "layer4.**", types=torch.nn.BatchNorm2d)[:3]
+        ['layer4.0.bn1', 'layer4.0.bn2', 'layer4.0.downsample.1']
+        >>> surgery.find(m, "**", types="Linear")
+        ['fc']
     """
-    return [name for name, _ in select(model, pattern)]
+    from .._boundary import operation
+
+    with operation("find", model=model, path=pattern):
+        return [name for name, _ in select(model, pattern, types)]

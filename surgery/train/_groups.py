@@ -53,11 +53,12 @@ def _canonical_names(model: nn.Module) -> dict[int, str]:
     return {id(p): n for n, p in model.named_parameters()}
 
 
-def select_targets(model: nn.Module, pattern: str | Path) -> Selection:
+def select_targets(model: nn.Module, pattern: str | Path, types: Any = None) -> Selection:
     """Resolve ``pattern`` to modules, or to parameter names when it names no module.
 
     A module path (or glob) selects every parameter under the matched modules;
-    ``"fc.bias"`` or ``"**.bias"`` select parameters directly.
+    ``"fc.bias"`` or ``"**.bias"`` select parameters directly. With ``types``,
+    only modules of those types are selected (see :func:`surgery.find`).
 
     Raises:
         PathSyntaxError: the pattern does not parse.
@@ -67,8 +68,10 @@ def select_targets(model: nn.Module, pattern: str | Path) -> Selection:
     text = str(pattern)
     canon = _canonical_names(model)
     try:
-        modules = select(model, pattern)
+        modules = select(model, pattern, types)
     except PathNotFoundError as module_error:
+        if types is not None:
+            raise
         params = _select_param_names(model, text, canon)
         if not params:
             raise module_error from None

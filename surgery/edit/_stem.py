@@ -1,0 +1,166 @@
+"""Input adaptation: ``adapt_input`` makes a model take another number of input channels."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+
+from .._boundary import operation
+from .._errors import ArgumentError
+from ..paths._resolve import check_model, resolve
+from ._discover import CONV, describe, first_conv
+from ._engine import Planner, check_aliases, run_plan
+from ._head_layers import check_count
+from ._plan import EditPlan, Setting
+
+__all__ = ["adapt_input"]
+
+_log = logging.getLogger("surgery")
+
+
+def _adapted_weight(w: torch.Tensor, groups: int, in_channels: int) -> torch.Tensor:
+    """Derive the weight of a conv with ``in_channels`` inputs from ``w`` (see adapt_input)."""
+    out_ch, per_group = w.shape[0], w.shape[1]
+    original = per_group * groups
+    if groups > 1:  # only in_channels == 1 gets here: a grouped conv seeing one grey image
+        return w.sum(dim=1, keepdim=True)
+    if w.device.type == "meta":
+        return torch.empty((out_ch, in_channels, *w.shape[2:]), dtype=w.dtype, device="meta")
+    wf = w.detach().float()
+    if in_channels <= original:  # fold: input channel i goes to i mod in_channels
+        new = torch.zeros((out_ch, in_channels, *w.shape[2:]), dtype=wf.dtype, device=w.device)
+        new.index_add_(1, torch.arange(original, device=w.device) % in_channels, wf)
+    else:  # repeat cyclically, rescale so that activations keep their scale
+        idx = torch.arange(in_channels, device=w.device) % original
+        new = wf.index_select(1, idx) * (original / in_channels)
+    return new.to(w.dtype)
+
+
+def _adapted_conv(conv: nn.Module, in_channels: int, path: str) -> nn.Module:
+    assert isinstance(conv, CONV)
+    if conv.groups > 1 and in_channels != 1:
+        raise ArgumentError(
+            f"cannot adapt {path!r} ({describe(conv)}, groups={conv.groups}) to "
+            f"{in_channels} input channels: a grouped first convolution can only be adapted to "
+            f"1 channel (every group then sees the grey image).\n  adapt a conv with groups=1: "
+            f"surgery.adapt_input(model, {in_channels}, path='...')"
+        )
+    with torch.no_grad():
+        weight = _adapted_weight(conv.weight, conv.groups, in_channels)
+    memo = {id(conv.weight): None}  # not copied: replaced below
+    new = copy.deepcopy(conv, memo)
+    new.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
+    new.in_channels = in_channels
+    new.groups = 1
+    return new
+
+
+def adapt_input(
+    model: nn.Module,
+    in_channels: int,
+    *,
+    path: str | None = None,
+    aliases: str = "warn",
+    dry_run: bool = False,
+) -> nn.Module | EditPlan:
+    """Make ``model`` take ``in_channels`` input channels, in place, keeping its pretrained weights.
+
+    The first convolution (``path=``, else timm's ``pretrained_cfg["first_conv"]``,
+    else the first Conv1d/2d/3d that ``forward`` calls, found by tracing a meta
+    copy, else the first one in ``named_modules`` order; logged on the
+    ``"surgery"`` logger) is replaced by a copy with ``in_channels`` inputs and
+    the same stride, padding, dilation, bias, padding mode, device and dtype.
+    From the original weight ``W`` with ``C`` input channels, the new weight is:
+
+    * ``in_channels <= C``: fold, ``W'[:, j] = sum(W[:, i] for i = j mod in_channels)``.
+      Exact: the adapted model on ``x`` equals the original on ``x`` repeated
+      cyclically to ``C`` channels. ``in_channels=1`` sums over the channels: a
+      grey image gives the same output as the original on that image repeated
+      to 3 channels.
+    * ``in_channels > C``: repeat cyclically and rescale by ``C / in_channels``
+      (timm's ``adapt_input_conv`` rule), ``W'[:, j] = W[:, j mod C] * C / in_channels``.
+      Exact when ``in_channels`` is a multiple of ``C``: the adapted model on
+      ``x`` repeated to ``in_channels`` equals the original on ``x``; otherwise
+      activations keep their scale.
+
+    A grouped first convolution (``groups > 1``) can only be adapted to 1
+    channel (it becomes ``groups=1`` with the summed weight, exact as above).
+
+    Args:
+        model: the model to change, in place.
+        in_channels: the new number of input channels (>= 1).
+        path: the convolution to adapt, when discovery is not wanted.
+        aliases: ``"warn"`` (default) or ``"error"`` for a convolution shared by
+            several paths (it is adapted at all of them).
+        dry_run: return the :class:`~surgery.EditPlan` and change nothing.
+
+    Returns:
+        ``model`` itself (the plan with ``dry_run=True``).
+
+    Raises:
+        ArgumentError: ``in_channels`` is not an int >= 1, ``path`` is not a
+            convolution, or a grouped convolution cannot be adapted.
+        PathNotFoundError: ``path`` names no module.
+        LayerNotFoundError: the model has no convolution.
+
+    On any error the model is unchanged.
+
+    Example:
+        >>> import torch, torchvision, surgery
+        >>> m = torchvision.models.resnet18(weights=None).eval()
+        >>> x = torch.rand(1, 1, 64, 64)
+        >>> before = m(x.repeat(1, 3, 1, 1))
+        >>> m = surgery.adapt_input(m, 1)
+        >>> m.conv1
+        Conv2d(1, 64, kernel_size=(7, 7), stride=(2, 2), padding=(3, 3), bias=False)
+        >>> torch.allclose(m(x), before, atol=1e-5)
+        True
+        >>> surgery.adapt_input(m, 4, dry_run=True).edits[0].path
+        'conv1'
+    """
+    with operation("adapt_input", model=model, path=path):
+        check_model(model, "adapt_input")
+        check_count(in_channels, "in_channels", 1)
+        policy = check_aliases(aliases)
+        if path is not None:
+            if not isinstance(path, str):
+                raise ArgumentError(f"path must be a module path (str), got {path!r}")
+            target = resolve(model, path)
+            if not isinstance(target.module, CONV) or target.parent is None:
+                raise ArgumentError(
+                    f"path={path!r} is a {type(target.module).__name__}, not a Conv1d/Conv2d/Conv3d"
+                )
+            paths, how = [target.name], "path="
+        else:
+            paths, how = first_conv(model)
+        planner = Planner(model, "adapt_input")
+        seen: set[int] = set()
+        for p in paths:
+            conv = resolve(model, p).module
+            if conv.in_channels == in_channels or id(conv) in seen:  # type: ignore[union-attr]
+                continue
+            seen.add(id(conv))
+            planner.replace(conv, _adapted_conv(conv, in_channels, p), path=p)
+        for attr in ("in_chans", "in_channels"):
+            value = model.__dict__.get(attr)
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and seen
+                and value != in_channels
+            ):
+                planner.set(
+                    model, "dict", attr, in_channels, setting=Setting("", attr, value, in_channels)
+                )
+        plan = run_plan(planner.finish(policy), dry_run=dry_run)
+        _log.info(
+            "adapt_input(%s): %s found by %s -> %d input channels",
+            type(model).__name__,
+            ", ".join(map(repr, paths)),
+            how,
+            in_channels,
+        )
+        return plan if dry_run else model
