@@ -29,7 +29,8 @@ from ._errors import (
     TraceError,
     VerificationError,
 )
-from .checkpoint._load import LoadReport, load_partial
+from .checkpoint._load import load_partial
+from .checkpoint._report import LoadReport
 from .checkpoint._save import save_state_dict
 from .edit._graph import delete, insert, replace
 from .edit._heads import adapt_input, create_head, replace_head

@@ -14,8 +14,8 @@ import torchvision
 from torch import nn
 
 from surgery import CheckpointError, LoadError
+from surgery.checkpoint import open_source
 from surgery.checkpoint._dcp import DCPSource, SafeFileSystemReader, open_dcp, save_dcp
-from surgery.checkpoint._sources import open_source
 
 
 def _raw_save(obj: dict[str, object], path: Path) -> None:

@@ -226,7 +226,7 @@ def test_legacy_non_zip_file(tmp_path) -> None:
 def test_safetensors_source_reads_lazily(tmp_path) -> None:
     from safetensors.torch import save_file
 
-    from surgery.checkpoint._sources import open_source
+    from surgery.checkpoint import open_source
 
     src = rand_sd(Net())
     save_file(src, tmp_path / "m.safetensors")

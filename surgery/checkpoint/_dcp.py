@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .._errors import CheckpointError, LoadError
-from ._sources import TensorInfo, TensorSource
+from ._source import TensorInfo, TensorSource, reject_non_tensors
 
 __all__ = ["DCPSource", "SafeFileSystemReader", "open_dcp", "save_dcp"]
 
@@ -344,8 +344,6 @@ def save_dcp(state_dict: Mapping[str, Any], path: str | os.PathLike[str]) -> str
     """
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-
-    from ._save import reject_non_tensors
 
     reject_non_tensors(state_dict)
     sd: dict[str, torch.Tensor] = {}

@@ -4,7 +4,7 @@ safetensors refuses tensors that share memory. Tied tensors (the same storage,
 offset, shape and strides under several keys, e.g. an embedding tied to the
 output layer) are stored once; the other names are recorded as aliases in the
 file's metadata (``"surgery.aliases"``: JSON ``{alias: stored key}``), and
-:class:`surgery.checkpoint._sources.SafetensorsSource` exposes them again as keys, so that
+:class:`surgery.checkpoint._safetensors.SafetensorsSource` exposes them again as keys, so that
 ``load_partial`` restores the tie (or fills both untied tensors). Other tensors
 that overlap in memory without being identical are stored as separate copies.
 
@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from .._errors import ArgumentError, LoadError
+from ._dcp import save_dcp
+from ._source import reject_non_tensors
 
 __all__ = ["ALIASES_KEY", "parse_size", "save_state_dict"]
 
@@ -83,16 +85,6 @@ def _view_key(t: torch.Tensor) -> tuple[Any, ...]:
         t.stride(),
         t.dtype,
     )
-
-
-def reject_non_tensors(state: Mapping[str, Any]) -> None:
-    """Raise LoadError naming the keys whose values are not tensors (every format)."""
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise LoadError(
-            f"cannot save non-tensor values: {', '.join(map(repr, bad[:10]))}; "
-            "save_state_dict writes a mapping of names to tensors"
-        )
 
 
 def _prepare(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -196,8 +188,6 @@ def save_state_dict(
         )
     out = os.fspath(path)
     if format == "dcp":
-        from ._dcp import save_dcp
-
         return save_dcp(state, out)
     limit = parse_size(max_shard_size) if max_shard_size is not None else None
     tensors, aliases = _prepare(state)

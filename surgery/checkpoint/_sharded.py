@@ -12,7 +12,7 @@ a few layers with ``include=`` touches only the shards that hold them.
 ``ShardedSource.opened`` lists the shard files opened so far, and
 ``bytes_read`` counts the tensor bytes actually read.
 
-Engines: safetensors shards go through :class:`surgery.checkpoint._sources.SafetensorsSource`
+Engines: safetensors shards go through :class:`surgery.checkpoint._safetensors.SafetensorsSource`
 (``safe_open``: the header gives shapes and dtypes without reading data);
 ``.bin`` shards through ``torch.load(weights_only=True, mmap=True)``, which maps
 the file and reads nothing until a tensor is touched.
@@ -27,15 +27,10 @@ from typing import Any
 import torch
 
 from .._errors import CheckpointError
-from ._sources import (
-    CHECKPOINT_SUFFIXES,
-    MappingSource,
-    SafetensorsSource,
-    TensorInfo,
-    TensorSource,
-    torch_load,
-    unwrap_state_dict,
-)
+from ._safetensors import SafetensorsSource
+from ._source import CHECKPOINT_SUFFIXES, MappingSource, TensorInfo, TensorSource
+from ._torchfile import torch_load
+from ._unwrap import unwrap_state_dict
 
 __all__ = ["ShardedSource", "open_sharded_index"]
 
