@@ -29,8 +29,8 @@ from ._errors import (
     TraceError,
     VerificationError,
 )
-from .checkpoint._load import load_partial
-from .checkpoint._report import LoadReport
+from .checkpoint._load import load_partial, open_checkpoint
+from .checkpoint._report import LoadReport, StateDictView
 from .checkpoint._save import save_state_dict
 from .edit._graph import delete, insert, replace
 from .edit._heads import adapt_input, create_head, replace_head
@@ -62,6 +62,7 @@ __all__ = [
     "ShapeMismatchError",
     "SharedModuleWarning",
     "StaleCacheError",
+    "StateDictView",
     "SurgeryError",
     "SurgeryWarning",
     "TraceError",
@@ -81,6 +82,7 @@ __all__ = [
     "insert",
     "layer_groups",
     "load_partial",
+    "open_checkpoint",
     "param_groups",
     "parse_path",
     "precompute",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._errors import LoadError, SurgeryError
-from ._materialize import install, read_for, run_init
+from .._errors import LoadError
+from ._fileio import prefault
+from ._materialize import install, is_dtensor, read_for, run_init
 from ._plan import Item, Plan
 from ._report import MAX_LISTED, quoted
 from ._source import TensorSource
@@ -30,21 +31,21 @@ def _exclusive(t: torch.Tensor) -> bool:
     return int(use_count(storage._cdata)) <= 2
 
 
-def _fault(exc: BaseException, message: str) -> BaseException:
-    """A LoadError that is also an instance of ``exc``'s type when possible."""
+def _failed(exc: BaseException, message: str) -> BaseException:
+    """The error to raise for a fault while reading or writing: a LoadError caused by ``exc``.
+
+    A :class:`~surgery.LoadError` (a :class:`~surgery.CheckpointError` from a file
+    that changed under the reader) keeps its type and fields; any other
+    ``Exception`` (an allocator error, an ``OSError``, a failing ``copy_``)
+    becomes a ``LoadError`` whose ``__cause__`` is the original. ``BaseException``
+    s that are not errors (``KeyboardInterrupt``, ``SystemExit``) propagate as they
+    are, after the rollback.
+    """
     if not isinstance(exc, Exception):
         return exc
-    if isinstance(exc, SurgeryError):
-        cls: type[Exception] = type(exc)
-    else:
-        try:
-            cls = type(f"LoadError[{type(exc).__name__}]", (LoadError, type(exc)), {})
-        except TypeError:
-            cls = LoadError
-    try:
-        return cls(message)
-    except Exception:
-        return LoadError(message)
+    if isinstance(exc, LoadError):
+        return type(exc)(message, key=exc.key, file=exc.file)
+    return LoadError(message)
 
 
 def commit(plan: Plan, source: TensorSource, *, transactional: bool) -> None:
@@ -93,7 +94,7 @@ def _stage_meta(
             current = init.module_name or "(root)"
             staged.extend(run_init([init]))
     except BaseException as exc:
-        raise _fault(
+        raise _failed(
             exc,
             f"materializing {current!r} failed ({type(exc).__name__}: {exc}); the model was "
             "left unchanged",
@@ -101,16 +102,36 @@ def _stage_meta(
     return staged
 
 
+def _fresh_like(target: torch.Tensor) -> torch.Tensor:
+    """New memory laid out like ``target``, its pages populated in one call."""
+    new = torch.empty_strided(
+        target.shape, target.stride(), dtype=target.dtype, device=target.device
+    )
+    prefault(new)
+    return new
+
+
+def _bump_version(t: torch.Tensor) -> None:
+    """Tell autograd that ``t`` was written (bytes were read straight into its memory)."""
+    bump = getattr(torch.autograd.graph, "increment_version", None)
+    if bump is not None:
+        bump(t)
+
+
 def _write(items: list[Item], source: TensorSource, *, transactional: bool) -> None:
-    """Write values into materialized targets (see :func:`_apply`)."""
+    """Write values into materialized targets (see :func:`commit`)."""
     with torch.no_grad():
         if not transactional:
             written: list[str] = []
             for item in items:
                 try:
-                    item.target.copy_(read_for(source, item.ckpt_key, item.target))
+                    if is_dtensor(item.target):
+                        item.target.copy_(read_for(source, item.ckpt_key, item.target))
+                    else:
+                        source.read_into(item.ckpt_key, item.target)
+                        _bump_version(item.target)
                 except BaseException as exc:
-                    raise _fault(
+                    raise _failed(
                         exc,
                         f"writing {item.model_keys[0]!r} failed ({type(exc).__name__}: {exc}); "
                         f"transactional=False: the model is partially loaded, "
@@ -118,33 +139,41 @@ def _write(items: list[Item], source: TensorSource, *, transactional: bool) -> N
                     ) from exc
                 written.extend(item.model_keys)
             return
+        # 1. read everything (nothing in the model changes; any fault here is harmless)
         swap = [it for it in items if _exclusive(it.target)]
         swap_ids = {id(it) for it in swap}
         in_place = [it for it in items if id(it) not in swap_ids]
         staged: list[torch.Tensor] = []
-        snapshots: list[tuple[torch.Tensor, torch.Tensor]] = []
-        current = None
+        values: list[torch.Tensor] = []
+        current: Item | None = None
         try:
             for it in swap:
                 current = it
-                new = torch.empty_strided(
-                    it.target.shape,
-                    it.target.stride(),
-                    dtype=it.target.dtype,
-                    device=it.target.device,
-                )
-                new.copy_(source.read(it.ckpt_key))
+                new = _fresh_like(it.target)
+                source.read_into(it.ckpt_key, new)
                 staged.append(new)
-            for it in in_place:
+            for it in in_place:  # shared storage: copied in place below, after a snapshot
                 current = it
-                snap = it.target.clone()
-                snapshots.append((it.target, snap))
-                it.target.copy_(read_for(source, it.ckpt_key, it.target))
+                values.append(read_for(source, it.ckpt_key, it.target))
+        except BaseException as exc:
+            name = current.model_keys[0] if current is not None else "?"
+            raise _failed(
+                exc,
+                f"reading {name!r} failed ({type(exc).__name__}: {exc}); the model was left "
+                "unchanged (transactional=True)",
+            ) from exc
+        # 2. the writes: in-place copies (rolled back on a fault), then storage swaps
+        snapshots: list[tuple[torch.Tensor, torch.Tensor]] = []
+        try:
+            for it, value in zip(in_place, values):
+                current = it
+                snapshots.append((it.target, it.target.clone()))
+                it.target.copy_(value)
         except BaseException as exc:
             for target, snap in reversed(snapshots):
                 torch.ops.aten.copy_.default(target, snap)
             name = current.model_keys[0] if current is not None else "?"
-            raise _fault(
+            raise _failed(
                 exc,
                 f"writing {name!r} failed ({type(exc).__name__}: {exc}); the model was left "
                 "unchanged (transactional=True)",

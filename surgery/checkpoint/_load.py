@@ -19,11 +19,13 @@ Three phases, as everywhere in ``surgery``:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
+from .._boundary import operation
 from .._errors import ArgumentError
 from ._casting import CASTING
 from ._commit import commit
@@ -32,7 +34,7 @@ from ._plan import build_plan, select_keys
 from ._rename import KeyFilter, RenameRules, RenameSpec
 from ._report import StateDictView
 
-__all__ = ["load_partial"]
+__all__ = ["load_partial", "open_checkpoint"]
 
 
 def _check_args(
@@ -82,6 +84,7 @@ def load_partial(
     transactional: bool = True,
     key: str | None = None,
     init_missing: bool = False,
+    mmap: bool = False,
 ) -> Any:
     """Load part of a checkpoint into a model, in place, all or nothing.
 
@@ -163,9 +166,52 @@ def load_partial(
         >>> len(sd), next(iter(sd))
         (30, 'layer4.0.conv1.weight')
     """
-    _check_args(into, at, strict, on_mismatch, casting, dry_run, transactional, init_missing)
+    with operation("load_partial", model=into, file=_file_of(source)):
+        _check_args(into, at, strict, on_mismatch, casting, dry_run, transactional, init_missing)
+        if not isinstance(mmap, bool):
+            raise ArgumentError(f"mmap must be True or False, got {mmap!r}")
+        return _load(
+            source,
+            into,
+            at,
+            include,
+            exclude,
+            rename,
+            strict=strict,
+            on_mismatch=on_mismatch,
+            casting=casting,
+            dry_run=dry_run,
+            transactional=transactional,
+            key=key,
+            init_missing=init_missing,
+            mmap=mmap,
+        )
+
+
+def _file_of(source: Any) -> str | None:
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+
+
+def _load(
+    source: Any,
+    into: nn.Module | None,
+    at: str | None,
+    include: str | Sequence[str] | None,
+    exclude: str | Sequence[str] | None,
+    rename: RenameSpec,
+    *,
+    strict: bool,
+    on_mismatch: str,
+    casting: str,
+    dry_run: bool,
+    transactional: bool,
+    key: str | None,
+    init_missing: bool,
+    mmap: bool,
+) -> Any:
+    """parse -> plan -> commit (see :func:`load_partial`)."""
     rules = RenameRules.build(rename)
-    src = open_source(source, key=key)
+    src = open_source(source, key=key, mmap=mmap)
     owned = src is not source
     keep_open = False
     try:
@@ -194,3 +240,44 @@ def load_partial(
     finally:
         if owned and not keep_open:
             src.close()
+
+
+def open_checkpoint(path: Any, *, key: str | None = None, mmap: bool = False) -> StateDictView:
+    """Open a checkpoint as a lazy, read-only mapping of its tensors; reads only headers.
+
+    The same sources as :func:`load_partial` (``.pt``/``.pth``/``.bin``/``.ckpt``,
+    ``.safetensors``, a sharded ``*.index.json``, a DCP directory, a directory
+    holding one checkpoint, a Mapping or an ``nn.Module``). ``view.info(key)``
+    gives a tensor's shape and dtype without reading it; ``view[key]`` reads it
+    then, as a private copy (``mmap=True``: a zero-copy view of a memory map,
+    which aliases the file). A file that changed size since it was opened is a
+    ``CheckpointError``, never a crash. Close the view (or use it as a context
+    manager) to release the file.
+
+    Args:
+        path: the checkpoint.
+        key: the wrapper entry that holds the state dict, when ambiguous.
+        mmap: memory-map tensors instead of copying them (see :func:`load_partial`).
+
+    Returns:
+        A :class:`StateDictView` (checkpoint order).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, corrupt or unsafe.
+        LoadError: the content is not a state dict.
+
+    Example:
+        >>> import os, tempfile, torch, torchvision, surgery
+        >>> path = os.path.join(tempfile.mkdtemp(), "r18.pt")
+        >>> torch.save({"model": torchvision.models.resnet18(weights=None).state_dict()}, path)
+        >>> with surgery.open_checkpoint(path) as ckpt:
+        ...     print(len(ckpt), ckpt.unwrapped, ckpt.info("fc.weight").shape)
+        ...     print(ckpt["fc.bias"].shape)
+        122 model (1000, 512)
+        torch.Size([1000])
+    """
+    with operation("open_checkpoint", file=_file_of(path)):
+        if not isinstance(mmap, bool):
+            raise ArgumentError(f"mmap must be True or False, got {mmap!r}")
+        src = open_source(path, key=key, mmap=mmap)
+        return StateDictView(src, {k: k for k in src}, [])

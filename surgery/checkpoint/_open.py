@@ -25,9 +25,9 @@ from torch import nn
 from .._errors import ArgumentError, CheckpointError
 from ._dcp import open_dcp
 from ._safetensors import SafetensorsSource
-from ._sharded import open_sharded_index
+from ._sharded import open_sharded_index, refuse_lone_shard
 from ._source import CHECKPOINT_SUFFIXES, MappingSource, TensorSource, check_file
-from ._torchfile import torch_load
+from ._torchfile import open_torch_file
 from ._unwrap import unwrap_state_dict
 
 __all__ = ["open_source"]
@@ -46,6 +46,7 @@ def _directory_checkpoint(path: str) -> str:
         if len(tier) == 1:
             return os.path.join(path, tier[0])
         if len(tier) > 1:
+            refuse_lone_shard(os.path.join(path, tier[0]))  # only shards: the index is missing
             listed = ", ".join(repr(os.path.join(path, n)) for n in tier)
             raise CheckpointError(
                 f"directory {path!r} holds several checkpoints: {listed}; pass one of them"
@@ -58,7 +59,7 @@ def _directory_checkpoint(path: str) -> str:
     )
 
 
-def open_source(source: Any, *, key: str | None = None) -> TensorSource:
+def open_source(source: Any, *, key: str | None = None, mmap: bool = False) -> TensorSource:
     """Open anything that holds named tensors as a :class:`TensorSource`.
 
     Args:
@@ -68,6 +69,8 @@ def open_source(source: Any, *, key: str | None = None) -> TensorSource:
             torch.distributed.checkpoint directory, or a directory holding one
             checkpoint; an open ``TensorSource`` is returned as is.
         key: the wrapper entry that holds the state dict, when ambiguous.
+        mmap: file sources return tensors backed by a memory map of the file
+            (zero-copy; they alias the file). Default: each read is a private copy.
 
     Returns:
         The source; close it (or use it as a context manager) when done.
@@ -103,12 +106,11 @@ def open_source(source: Any, *, key: str | None = None) -> TensorSource:
         lower = path.lower()
         if lower.endswith(".index.json"):
             check_file(path)
-            return open_sharded_index(path)
+            return open_sharded_index(path, mmap=mmap)
+        refuse_lone_shard(path)
         if lower.endswith(".safetensors"):
-            return SafetensorsSource(path)
-        obj = torch_load(path)
-        sd, unwrapped = unwrap_state_dict(obj, key=key, description=repr(path))
-        return MappingSource(sd, path, unwrapped)
+            return SafetensorsSource(path, mmap=mmap)
+        return open_torch_file(path, key=key, mmap=mmap)
     raise ArgumentError(
         f"cannot load from a {type(source).__name__}: pass a checkpoint path, a directory, "
         "a mapping of tensors or an nn.Module"

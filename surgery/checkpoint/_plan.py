@@ -24,7 +24,7 @@ from ._rename import KeyFilter, RenameRules
 from ._report import LoadReport, dtype_name, listing, quoted
 from ._source import TensorInfo, TensorSource
 
-__all__ = ["Item", "Plan", "build_plan", "select_keys"]
+__all__ = ["Item", "Plan", "bit_identical", "build_plan", "select_keys"]
 
 
 @dataclass
@@ -47,6 +47,17 @@ class Plan:
     report: LoadReport
     inits: list[MetaInit] = field(default_factory=list)  # init_missing=True
     copy_meta: bool = False  # copy values assigned to meta targets (source is a live module)
+
+
+def bit_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape, dtype and bytes: NaN equals NaN (``torch.equal`` says it does not)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not a.numel():
+        return True
+    return torch.equal(
+        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)
+    )
 
 
 def _join(prefix: str, key: str) -> str:
@@ -210,7 +221,7 @@ def build_plan(
             ref = source.read(first_ckpt).to(tensor.dtype)
             for k, ck, _inf in infos[1:]:
                 other = source.read(ck).to(tensor.dtype)
-                if not torch.equal(ref, other):
+                if not bit_identical(ref, other):
                     tie_errors.append(
                         f"{_join(prefix, first_key)!r} and {_join(prefix, k)!r} are one tied "
                         f"tensor, but checkpoint keys {first_ckpt!r} and {ck!r} differ"

@@ -147,18 +147,38 @@ class LoadReport:
 
 
 class StateDictView(Mapping[str, torch.Tensor]):
-    """A read-only mapping of renamed keys to tensors, read from the source on access.
+    """A read-only mapping of (renamed) keys to tensors, read from the checkpoint on access.
+
+    Returned by :func:`surgery.load_partial` without ``into`` and by
+    :func:`surgery.open_checkpoint`. Nothing is read until a value is asked for;
+    each ``view[key]`` is a fresh private copy read from the file (unless the
+    view was opened with ``mmap=True``), and a file that changed size since it
+    was opened raises :class:`~surgery.CheckpointError`. ``info(key)`` tells the
+    shape and dtype without reading. The view holds the file open: close it (or
+    use ``with``) when done.
 
     Attributes:
         source: the underlying :class:`~surgery.checkpoint._source.TensorSource`.
         key_map: new key -> checkpoint key.
         unused_rules: rename rules that renamed no selected key.
+
+    Example:
+        >>> import torchvision, surgery
+        >>> sd = torchvision.models.resnet18(weights=None).state_dict()
+        >>> view = surgery.load_partial(sd, include="fc", rename={"fc.": "head."})
+        >>> list(view), view.info("head.weight").shape, view.unwrapped
+        (['head.weight', 'head.bias'], (1000, 512), None)
     """
 
     def __init__(self, source: TensorSource, key_map: dict[str, str], unused_rules: list[str]):
         self.source = source
         self.key_map = key_map
         self.unused_rules = unused_rules
+
+    @property
+    def unwrapped(self) -> str | None:
+        """The wrapper entry the state dict was taken from (``"model"``), or None."""
+        return self.source.unwrapped
 
     def __getitem__(self, key: str) -> torch.Tensor:
         try:
@@ -173,9 +193,22 @@ class StateDictView(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self.key_map)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self.key_map
+
     def info(self, key: str) -> TensorInfo:
         """Shape and dtype of ``key`` without reading it."""
         return self.source.info(self.key_map[key])
+
+    def close(self) -> None:
+        """Release the checkpoint file (idempotent)."""
+        self.source.close()
+
+    def __enter__(self) -> StateDictView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"StateDictView({self.source.description!r}, {len(self)} keys)"

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .._errors import CheckpointError, LoadError
+from .._errors import CheckpointError, LoadError, SaveError
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -24,6 +24,8 @@ __all__ = [
     "TensorInfo",
     "TensorSource",
     "check_file",
+    "describe_layout",
+    "is_dense",
     "reject_non_tensors",
 ]
 
@@ -95,6 +97,13 @@ class TensorSource:
         """The tensor ``key`` (CPU, memory-mapped where possible; do not write into it)."""
         raise NotImplementedError
 
+    def read_into(self, key: str, out: torch.Tensor) -> None:
+        """Write the tensor ``key`` into ``out`` (same shape; cast to ``out.dtype``).
+
+        File sources read straight into ``out``'s memory (no intermediate copy).
+        """
+        out.copy_(self.read(key))
+
     def close(self) -> None:
         """Release files and maps (idempotent)."""
 
@@ -156,6 +165,14 @@ class MappingSource(TensorSource):
             raise LoadError(
                 f"{description} has non-string keys such as {nonstr[0]!r}: not a state dict"
             )
+        odd = [k for k, v in mapping.items() if not is_dense(v)]
+        if odd:
+            shown = ", ".join(f"{k!r} ({describe_layout(mapping[k])})" for k in odd[:10])
+            raise LoadError(
+                f"{description} holds tensors that are not dense: {shown}; load_partial "
+                "loads dense (strided) tensors only: convert them first (tensor.to_dense(), "
+                "tensor.dequantize(), nested.to_padded_tensor(0.0))"
+            )
         self._tensors: dict[str, torch.Tensor] = dict(mapping)
 
     def keys(self) -> list[str]:
@@ -180,6 +197,20 @@ class MappingSource(TensorSource):
         pass
 
 
+def is_dense(t: torch.Tensor) -> bool:
+    """A plain strided tensor: not sparse, quantized or nested."""
+    return t.layout == torch.strided and not t.is_quantized and not t.is_nested
+
+
+def describe_layout(t: torch.Tensor) -> str:
+    """``"sparse_coo"``, ``"quantized"``, ``"nested"``: why :func:`is_dense` said no."""
+    if t.is_quantized:
+        return "quantized"
+    if t.is_nested:
+        return "nested"
+    return str(t.layout).removeprefix("torch.")
+
+
 def check_file(path: str) -> None:
     if not os.path.exists(path):
         parent = os.path.dirname(os.path.abspath(path))
@@ -195,11 +226,23 @@ def check_file(path: str) -> None:
         raise CheckpointError(f"checkpoint {path!r} is not a regular file")
 
 
-def reject_non_tensors(state: Mapping[str, Any], what: str = "cannot save") -> None:
-    """Raise LoadError naming the keys whose values are not tensors (every format)."""
+def reject_non_tensors(state: Mapping[Any, Any]) -> None:
+    """Raise SaveError naming the keys that are not strings or whose values are not tensors."""
+    nonstr = [k for k in state if not isinstance(k, str)]
+    if nonstr:
+        raise SaveError(
+            f"cannot save keys that are not strings: {', '.join(map(repr, nonstr[:10]))}; a "
+            "state dict maps names (str) to tensors"
+        )
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise LoadError(
-            f"{what} non-tensor values: {', '.join(map(repr, bad[:10]))}; "
+        raise SaveError(
+            f"cannot save non-tensor values: {', '.join(map(repr, bad[:10]))}; "
             "save_state_dict writes a mapping of names to tensors"
+        )
+    meta = [k for k, v in state.items() if v.is_meta]
+    if meta:
+        raise SaveError(
+            f"cannot save {', '.join(map(repr, meta[:10]))}: on the meta device (no data); "
+            "load or initialize them first"
         )
