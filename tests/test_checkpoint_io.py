@@ -387,3 +387,27 @@ def test_save_bad_input_is_a_save_error(tmp_path: Path, state, message: str) -> 
 def test_save_into_an_existing_directory_is_a_save_error(tmp_path: Path) -> None:
     with pytest.raises(SaveError, match=r"is a directory; pass a file name"):
         save_state_dict(_sd(1), tmp_path)
+
+
+# -- no hangs on untrusted keys ---------------------------------------------------------
+
+
+def test_a_catastrophic_regex_on_a_crafted_key_finishes_fast() -> None:
+    import time
+
+    key = "a" * 40 + "!"  # 41 characters: (a|aa)+ backtracks ~fib(40) times in Python's re
+    sd = {key: torch.ones(1), "aaa.weight": torch.ones(2, 1)}
+    start = time.perf_counter()
+    view = load_partial(sd, include=r"re:(a|aa)+\.weight")
+    assert list(view) == ["aaa.weight"]
+    modules = nn.ModuleDict({"a" * 40 + "b": nn.Identity(), "aaaa": nn.Identity()})
+    assert surgery.find(modules, r"re:(a|aa)+") == ["aaaa"]
+    r = load_partial(sd, into=nn.Linear(1, 2, bias=False), rename=[(r"^(a|aa)+\.", "")])
+    assert r.loaded == ["weight"]
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("pattern", [r"re:(a)\1\.weight", r"re:(?=a).*", r"re:.*(?<!bias)"])
+def test_a_regex_re2_cannot_take_is_a_path_error(pattern: str) -> None:
+    with pytest.raises(surgery.PathError, match=r"cannot be matched in linear time.*RE2"):
+        load_partial({"a.weight": torch.ones(1)}, include=pattern)

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from torch import nn
 
 import surgery
-from surgery import ArgumentError, LoadError, SaveError, load_partial, save_state_dict
+from surgery import ArgumentError, SaveError, load_partial, save_state_dict
 from surgery.checkpoint._save import parse_size
 
 
