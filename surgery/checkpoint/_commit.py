@@ -103,7 +103,7 @@ def _stage_meta(
 
 
 def _fresh_like(target: torch.Tensor) -> torch.Tensor:
-    """New memory laid out like ``target``, its pages populated in one call."""
+    """New memory laid out like ``target``, backed by huge pages where the kernel allows."""
     new = torch.empty_strided(
         target.shape, target.stride(), dtype=target.dtype, device=target.device
     )

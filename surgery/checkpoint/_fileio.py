@@ -7,10 +7,13 @@ of the destination tensor (no intermediate copy), checks before every read
 that the file still has the size it had when it was opened, and treats a
 short read as a truncated file. Each read is a private copy.
 
-:func:`prefault` asks the kernel to back a fresh tensor with (huge) pages in
-one call (``madvise(MADV_HUGEPAGE)`` + ``madvise(MADV_POPULATE_WRITE)``),
-instead of one page fault per 4 KiB on first touch; where the kernel has no
-such advice it silently does nothing.
+:func:`prefault` asks the kernel to back a fresh tensor with transparent huge
+pages (``madvise(MADV_HUGEPAGE)``): its first touch then costs one fault per
+2 MiB instead of one per 4 KiB. Measured on the project's VM, reading 600 MiB
+from the page cache into fresh memory took 0.98 s, into fresh memory advised
+this way 0.49 s, into already-touched memory 0.32 s; adding
+``MADV_POPULATE_WRITE`` made it slower (0.61 s). Where the kernel does not
+take the advice (THP disabled, not Linux) nothing changes.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from ._source import TensorInfo, TensorSource
 __all__ = ["CheckedFile", "FileSource", "Record", "prefault", "writable_buffer"]
 
 _MADV_HUGEPAGE = 14
-_MADV_POPULATE_WRITE = 23
 _PAGE = _mmap.PAGESIZE
 #: Below this, prefaulting is not worth a system call.
 _PREFAULT_MIN = 1 << 20
@@ -51,14 +53,13 @@ def writable_buffer(t: torch.Tensor) -> memoryview:
 
 
 def prefault(t: torch.Tensor) -> None:
-    """Populate the pages of a fresh CPU tensor in one call (huge pages where allowed)."""
+    """Ask for transparent huge pages behind a fresh CPU tensor (before its first touch)."""
     if _libc is None or t.nbytes < _PREFAULT_MIN or t.device.type != "cpu":
         return
     start = (t.data_ptr() + _PAGE - 1) // _PAGE * _PAGE
     end = (t.data_ptr() + t.nbytes) // _PAGE * _PAGE
     if end > start:
         _libc.madvise(start, end - start, _MADV_HUGEPAGE)
-        _libc.madvise(start, end - start, _MADV_POPULATE_WRITE)
 
 
 class CheckedFile:
