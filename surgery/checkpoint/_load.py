@@ -1,20 +1,17 @@
-"""``surgery.load_partial``: partial, renamed, validated, all-or-nothing loading.
+"""``surgery.load_partial`` and ``surgery.open_checkpoint``: the public entry points.
 
 Three phases, as everywhere in ``surgery``:
 
-1. **parse**: open the source (:mod:`surgery.checkpoint._source`), compile ``include``,
-   ``exclude`` and ``rename`` (:mod:`surgery.checkpoint._rename`), resolve ``at``.
-2. **plan** (:func:`_plan`): match checkpoint keys to model tensors using only
-   shapes and dtypes from the checkpoint's header; check collisions, shapes,
-   casts (reading only the tensors that need a value check), tied parameters,
-   strictness. Every problem of a kind is listed in one error. The plan is the
-   report; ``dry_run=True`` returns it.
-3. **apply** (:func:`_apply`): write the planned tensors. Transactional by
-   default: new values are staged in fresh tensors (nothing in the model
-   changes while reading), then committed by swapping storage into the same
-   ``Parameter`` objects; tensors whose storage is shared with anything else
-   are copied in place after a snapshot. ``transactional=False`` copies in
-   place as it reads (no extra memory).
+1. **parse**: open the source (:mod:`surgery.checkpoint._open`, one module per
+   format), compile ``include``, ``exclude`` and ``rename``
+   (:mod:`surgery.checkpoint._rename`), resolve ``at``.
+2. **plan** (:mod:`surgery.checkpoint._plan`): select and rename keys, match them
+   to model tensors using only shapes and dtypes from the checkpoint's header;
+   check collisions, shapes, casts, layouts, tied parameters, strictness and meta
+   targets. Every problem of a kind is listed in one error. The plan is the
+   report (:mod:`surgery.checkpoint._report`); ``dry_run=True`` returns it.
+3. **commit** (:mod:`surgery.checkpoint._commit`): read every value, then write.
+   Transactional by default (see ``docs/loading.md``, "All or nothing").
 """
 
 from __future__ import annotations
