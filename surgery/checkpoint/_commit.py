@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import torch
 from torch import nn
 
@@ -31,21 +33,21 @@ def _exclusive(t: torch.Tensor) -> bool:
     return int(use_count(storage._cdata)) <= 2
 
 
-def _failed(exc: BaseException, message: str) -> BaseException:
-    """The error to raise for a fault while reading or writing: a LoadError caused by ``exc``.
+def _failed(exc: BaseException, message: str) -> NoReturn:
+    """Raise the error for a fault while reading or writing: a LoadError caused by ``exc``.
 
     A :class:`~surgery.LoadError` (a :class:`~surgery.CheckpointError` from a file
     that changed under the reader) keeps its type and fields; any other
     ``Exception`` (an allocator error, an ``OSError``, a failing ``copy_``)
-    becomes a ``LoadError`` whose ``__cause__`` is the original. ``BaseException``
-    s that are not errors (``KeyboardInterrupt``, ``SystemExit``) propagate as they
-    are, after the rollback.
+    becomes a ``LoadError`` whose ``__cause__`` is the original.
+    ``BaseException`` s that are not errors (``KeyboardInterrupt``,
+    ``SystemExit``) propagate as they are, after the rollback.
     """
     if not isinstance(exc, Exception):
-        return exc
+        raise exc
     if isinstance(exc, LoadError):
-        return type(exc)(message, key=exc.key, file=exc.file)
-    return LoadError(message)
+        raise type(exc)(message, key=exc.key, file=exc.file) from exc
+    raise LoadError(message) from exc
 
 
 def commit(plan: Plan, source: TensorSource, *, transactional: bool) -> None:
@@ -94,12 +96,22 @@ def _stage_meta(
             current = init.module_name or "(root)"
             staged.extend(run_init([init]))
     except BaseException as exc:
-        raise _failed(
+        _failed(
             exc,
             f"materializing {current!r} failed ({type(exc).__name__}: {exc}); the model was "
             "left unchanged",
-        ) from exc
+        )
     return staged
+
+
+def _unchanged(verb: str, current: Item | None, exc: BaseException) -> NoReturn:
+    """Raise the error for a fault of the transactional commit (the model is unchanged)."""
+    name = current.model_keys[0] if current is not None else "?"
+    _failed(
+        exc,
+        f"{verb} {name!r} failed ({type(exc).__name__}: {exc}); the model was left "
+        "unchanged (transactional=True)",
+    )
 
 
 def _fresh_like(target: torch.Tensor) -> torch.Tensor:
@@ -131,12 +143,12 @@ def _write(items: list[Item], source: TensorSource, *, transactional: bool) -> N
                         source.read_into(item.ckpt_key, item.target)
                         _bump_version(item.target)
                 except BaseException as exc:
-                    raise _failed(
+                    _failed(
                         exc,
                         f"writing {item.model_keys[0]!r} failed ({type(exc).__name__}: {exc}); "
                         f"transactional=False: the model is partially loaded, "
                         f"{len(written)} tensor(s) already written: {quoted(written, MAX_LISTED)}",
-                    ) from exc
+                    )
                 written.extend(item.model_keys)
             return
         # 1. read everything (nothing in the model changes; any fault here is harmless)
@@ -156,12 +168,7 @@ def _write(items: list[Item], source: TensorSource, *, transactional: bool) -> N
                 current = it
                 values.append(read_for(source, it.ckpt_key, it.target))
         except BaseException as exc:
-            name = current.model_keys[0] if current is not None else "?"
-            raise _failed(
-                exc,
-                f"reading {name!r} failed ({type(exc).__name__}: {exc}); the model was left "
-                "unchanged (transactional=True)",
-            ) from exc
+            _unchanged("reading", current, exc)
         # 2. the writes: in-place copies (rolled back on a fault), then storage swaps
         snapshots: list[tuple[torch.Tensor, torch.Tensor]] = []
         try:
@@ -172,11 +179,6 @@ def _write(items: list[Item], source: TensorSource, *, transactional: bool) -> N
         except BaseException as exc:
             for target, snap in reversed(snapshots):
                 torch.ops.aten.copy_.default(target, snap)
-            name = current.model_keys[0] if current is not None else "?"
-            raise _failed(
-                exc,
-                f"writing {name!r} failed ({type(exc).__name__}: {exc}); the model was left "
-                "unchanged (transactional=True)",
-            ) from exc
+            _unchanged("writing", current, exc)
         for it, new in zip(swap, staged):
             it.target.data = new

@@ -86,6 +86,9 @@ class ShardedSource(TensorSource):
     def read(self, key: str) -> torch.Tensor:
         return self._shard(key).read(key)
 
+    def read_into(self, key: str, out: torch.Tensor) -> None:
+        self._shard(key).read_into(key, out)
+
     def close(self) -> None:
         shards, self._shards = self._shards, {}
         for s in shards.values():
