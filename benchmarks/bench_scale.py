@@ -41,7 +41,7 @@ from safetensors import safe_open
 from torch import nn
 
 import surgery
-from surgery.checkpoint._sources import open_source
+from surgery.checkpoint import open_source
 
 D, HEADS, FF, VOCAB, CLASSES, LAYERS = 1024, 16, 4096, 32000, 1000, 24
 MB = 1 << 20

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from torch import nn
 
 import surgery
-from surgery.checkpoint._sources import open_source
+from surgery.checkpoint import open_source
 
 D, HEADS, FF, VOCAB, CLASSES = 128, 4, 512, 1000, 10
 

@@ -30,7 +30,8 @@ from ._errors import (
     TraceError,
     VerificationError,
 )
-from .checkpoint._load import LoadReport, load_partial
+from .checkpoint._load import load_partial, open_checkpoint
+from .checkpoint._report import LoadReport, StateDictView
 from .checkpoint._save import save_state_dict
 from .edit._graph import delete, insert, replace
 from .edit._head_layers import AdaptiveConcatPool2d, create_head
@@ -73,6 +74,7 @@ __all__ = [
     "ShapeMismatchError",
     "SharedModuleWarning",
     "StaleCacheError",
+    "StateDictView",
     "SurgeryError",
     "SurgeryWarning",
     "SwapReport",
@@ -93,6 +95,7 @@ __all__ = [
     "insert",
     "layer_groups",
     "load_partial",
+    "open_checkpoint",
     "param_groups",
     "parse_path",
     "precompute",

@@ -64,7 +64,7 @@ def test_plan_error_exit_2_with_hint(ssl_ckpt, capsys) -> None:
     rc = main(["plan", ssl_ckpt, "--into", "torchvision:resnet18"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert "surgery plan: error: nothing to load" in err
+    assert "surgery plan: error: load_partial(ResNet): nothing to load" in err
     assert "rename={'backbone.': ''}" in err
 
 

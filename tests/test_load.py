@@ -226,7 +226,7 @@ def test_legacy_non_zip_file(tmp_path) -> None:
 def test_safetensors_source_reads_lazily(tmp_path) -> None:
     from safetensors.torch import save_file
 
-    from surgery.checkpoint._sources import open_source
+    from surgery.checkpoint import open_source
 
     src = rand_sd(Net())
     save_file(src, tmp_path / "m.safetensors")
@@ -625,31 +625,92 @@ def test_untied_model_from_tied_checkpoint() -> None:
 # -- atomicity --------------------------------------------------------------------
 
 
-def _failing_copy(monkeypatch, after: int) -> None:
+def _failing_copy(monkeypatch, after: int, error: BaseException | None = None) -> None:
     real = torch.Tensor.copy_
     calls = {"n": 0}
 
     def copy_(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] > after:
-            raise RuntimeError("injected fault")
+            raise error if error is not None else RuntimeError("injected fault")
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "copy_", copy_)
 
 
 @pytest.mark.parametrize("shared_view", [False, True])
-def test_transactional_fault_leaves_model_unchanged(monkeypatch, shared_view: bool) -> None:
+@pytest.mark.parametrize("after", [0, 4, 7])
+def test_transactional_fault_leaves_model_unchanged(
+    monkeypatch, shared_view: bool, after: int
+) -> None:
     m = Net().eval()
     views = [p.detach() for p in m.parameters()] if shared_view else []
     before = snapshot(m)
-    _failing_copy(monkeypatch, after=4)
-    with pytest.raises(RuntimeError, match=r"injected fault.*left unchanged") as info:
+    _failing_copy(monkeypatch, after=after)
+    with pytest.raises(LoadError, match=r"injected fault.*left unchanged") as info:
         load_partial(rand_sd(Net()), into=m)
-    assert isinstance(info.value, LoadError)
+    assert type(info.value) is LoadError and isinstance(info.value.__cause__, RuntimeError)
     monkeypatch.undo()
     assert_unchanged(m, before)
     assert len(views) == (8 if shared_view else 0)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [KeyboardInterrupt(), OSError(5, "I/O error"), MemoryError(), RuntimeError("out of memory")],
+    ids=["KeyboardInterrupt", "OSError", "MemoryError", "oom"],
+)
+@pytest.mark.parametrize("shared_view", [False, True])
+def test_any_fault_while_committing_leaves_model_unchanged(
+    monkeypatch, error: BaseException, shared_view: bool
+) -> None:
+    m = Net().eval()
+    views = [p.detach() for p in m.parameters()] if shared_view else []
+    before = snapshot(m)
+    _failing_copy(monkeypatch, after=3, error=error)
+    expected = KeyboardInterrupt if isinstance(error, KeyboardInterrupt) else LoadError
+    with pytest.raises(expected) as info:
+        load_partial(rand_sd(Net()), into=m)
+    if expected is LoadError:
+        assert info.value.__cause__ is error
+    monkeypatch.undo()
+    assert_unchanged(m, before)
+    assert len(views) == (8 if shared_view else 0)
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_a_fault_while_reading_a_file_leaves_model_unchanged(monkeypatch, tmp_path, fmt) -> None:
+    from surgery.checkpoint import _fileio
+
+    path = _save_fmt(rand_sd(Net()), tmp_path, fmt)
+    m = Net().eval()
+    before = snapshot(m)
+    real = _fileio.CheckedFile.read_into
+    calls = {"n": 0}
+
+    def flaky(self, offset, out):
+        calls["n"] += len(out) > 64  # tensor reads (and the pickle), not zip headers
+        if calls["n"] > 2:
+            raise MemoryError("injected out of memory")
+        return real(self, offset, out)
+
+    monkeypatch.setattr(_fileio.CheckedFile, "read_into", flaky)
+    with pytest.raises(LoadError, match=r"MemoryError: injected out of memory.*left unchanged"):
+        load_partial(path, into=m)
+    monkeypatch.undo()
+    assert_unchanged(m, before)
+
+
+def _save_fmt(sd: dict, folder, fmt: str) -> str:
+    if fmt == "pt":
+        path = str(folder / "ckpt.pt")
+        torch.save(sd, path)
+    else:
+        from safetensors.torch import save_file
+
+        path = str(folder / "ckpt.safetensors")
+        save_file({k: v.contiguous() for k, v in sd.items()}, path)
+    return path
 
 
 def test_non_transactional_fault_names_written(monkeypatch) -> None:

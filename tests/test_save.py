@@ -12,7 +12,7 @@ from safetensors import safe_open
 from torch import nn
 
 import surgery
-from surgery import ArgumentError, LoadError, load_partial, save_state_dict
+from surgery import ArgumentError, SaveError, load_partial, save_state_dict
 from surgery.checkpoint._save import parse_size
 
 
@@ -122,9 +122,9 @@ def test_parse_size_rejects(bad) -> None:
 
 
 def test_save_rejects_non_tensors_meta_and_bad_format(tmp_path) -> None:
-    with pytest.raises(LoadError, match="non-tensor values: 'step'"):
+    with pytest.raises(SaveError, match="non-tensor values: 'step'"):
         save_state_dict({"w": torch.ones(1), "step": 3}, tmp_path / "a.safetensors")
-    with pytest.raises(LoadError, match=r"'w'.*meta device"):
+    with pytest.raises(SaveError, match=r"'w'.*meta device"):
         save_state_dict({"w": torch.ones(1, device="meta")}, tmp_path / "a.safetensors")
     with pytest.raises(ArgumentError, match=r"expected an nn\.Module or a mapping"):
         save_state_dict([torch.ones(1)], tmp_path / "a.safetensors")  # type: ignore[arg-type]

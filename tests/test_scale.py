@@ -364,7 +364,7 @@ def test_a_fault_while_materializing_leaves_the_meta_model_unchanged(
             raise OSError("disk went away")
         return real(source, key, target)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("surgery.checkpoint._load.read_for", flaky)
+    monkeypatch.setattr("surgery.checkpoint._commit.read_for", flaky)
     with pytest.raises(
         LoadError,
         match=r"materializing '.*' failed \(OSError: disk went away\); the model was left unchanged",

@@ -13,8 +13,8 @@ from torch import nn
 
 import surgery
 from surgery import CheckpointError, LoadError
+from surgery.checkpoint import open_source
 from surgery.checkpoint._sharded import ShardedSource, open_sharded_index
-from surgery.checkpoint._sources import open_source
 
 
 def _stack(n: int = 4, width: int = 8) -> nn.Module:

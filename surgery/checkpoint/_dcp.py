@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from .._errors import CheckpointError, LoadError
-from ._sources import TensorInfo, TensorSource
+from .._errors import CheckpointError, LoadError, SaveError
+from ._source import TensorInfo, TensorSource, reject_non_tensors
 
 __all__ = ["DCPSource", "SafeFileSystemReader", "open_dcp", "save_dcp"]
 
@@ -339,20 +339,16 @@ def save_dcp(state_dict: Mapping[str, Any], path: str | os.PathLike[str]) -> str
         The directory written.
 
     Raises:
-        LoadError: a value is not a tensor, or is on the meta device.
-        CheckpointError: the directory cannot be written.
+        SaveError: a value is not a tensor or is on the meta device, or the
+            directory cannot be written.
     """
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-
-    from ._save import reject_non_tensors
 
     reject_non_tensors(state_dict)
     sd: dict[str, torch.Tensor] = {}
     for k, v in state_dict.items():
         t = v.detach()
-        if t.is_meta:
-            raise LoadError(f"cannot save {k!r}: it is on the meta device (no data)")
         if type(t) is torch.Tensor and t.untyped_storage().nbytes() != t.nbytes:
             t = t.clone()  # torch.save would otherwise write the whole storage
         sd[k] = t
@@ -363,5 +359,5 @@ def save_dcp(state_dict: Mapping[str, Any], path: str | os.PathLike[str]) -> str
         with _quiet():
             dcp.save(sd, checkpoint_id=p, no_dist=not distributed)
     except OSError as exc:
-        raise CheckpointError(f"cannot write DCP checkpoint {p!r}: {exc}") from None
+        raise SaveError(f"cannot write DCP checkpoint {p!r}: {exc}", file=p) from exc
     return p

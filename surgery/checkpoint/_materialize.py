@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..trace._meta import meta_copy
-from ._sources import TensorSource
+from ._source import TensorSource
 
 __all__ = ["MetaInit", "initializer", "install", "is_dtensor", "plan_init", "read_for", "run_init"]
 

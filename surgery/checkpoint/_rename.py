@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import ArgumentError, LoadError
-from ..paths._grammar import Slice, compile_pattern, parse_path
+from ..paths._grammar import Slice, compile_pattern, compile_regex, parse_path
 
 __all__ = ["KeyFilter", "RenameRules", "RenameSpec"]
 
@@ -164,7 +164,7 @@ class RenameRules:
     kind: str  # "none", "prefix", "regex", "callable"
     prefix: list[tuple[str, str, str]] = field(default_factory=list)  # (label, old, new)
     order: list[str] = field(default_factory=list)  # labels in the order given
-    regex: list[tuple[str, re.Pattern[str], Any]] = field(default_factory=list)
+    regex: list[tuple[str, Any, Any]] = field(default_factory=list)  # (label, re or RE2, repl)
     func: Callable[[str], str | None] | None = None
     used: set[str] = field(default_factory=set)
 
@@ -208,11 +208,12 @@ class RenameRules:
                     rx = pat
                 elif isinstance(pat, str):
                     try:
-                        rx = re.compile(pat)
+                        re.compile(pat)
                     except re.error as exc:
                         raise ArgumentError(
                             f"rename regex {pat!r} does not compile: {exc}"
                         ) from None
+                    rx = compile_regex(pat, what=f"rename regex {pat!r}")
                 else:
                     raise ArgumentError(f"rename regex must be a str, got {type(pat).__name__}")
                 out.append((rx.pattern, rx, repl))

@@ -4,7 +4,7 @@ safetensors refuses tensors that share memory. Tied tensors (the same storage,
 offset, shape and strides under several keys, e.g. an embedding tied to the
 output layer) are stored once; the other names are recorded as aliases in the
 file's metadata (``"surgery.aliases"``: JSON ``{alias: stored key}``), and
-:class:`surgery.checkpoint._sources.SafetensorsSource` exposes them again as keys, so that
+:class:`surgery.checkpoint._safetensors.SafetensorsSource` exposes them again as keys, so that
 ``load_partial`` restores the tie (or fills both untied tensors). Other tensors
 that overlap in memory without being identical are stored as separate copies.
 
@@ -17,16 +17,21 @@ With ``max_shard_size``, the tensors are split, in order, into
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._errors import ArgumentError, LoadError
+from .._boundary import operation
+from .._errors import ArgumentError, SaveError
+from ._dcp import save_dcp
+from ._source import reject_non_tensors
 
 __all__ = ["ALIASES_KEY", "parse_size", "save_state_dict"]
 
@@ -85,16 +90,6 @@ def _view_key(t: torch.Tensor) -> tuple[Any, ...]:
     )
 
 
-def reject_non_tensors(state: Mapping[str, Any]) -> None:
-    """Raise LoadError naming the keys whose values are not tensors (every format)."""
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise LoadError(
-            f"cannot save non-tensor values: {', '.join(map(repr, bad[:10]))}; "
-            "save_state_dict writes a mapping of names to tensors"
-        )
-
-
 def _prepare(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors to write, contiguous and unshared; alias -> stored key)."""
     reject_non_tensors(state)
@@ -104,8 +99,6 @@ def _prepare(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[st
     storages: dict[tuple[Any, int], int] = {}
     for k, v in state.items():
         v = v.detach()
-        if v.is_meta:
-            raise LoadError(f"cannot save {k!r}: it is on the meta device (no data)")
         if v.numel() > 0:
             vk = _view_key(v)
             if vk in first_of_view:
@@ -124,16 +117,78 @@ def _prepare(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[st
     return tensors, aliases
 
 
-def _save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+def _temp_name(final: str) -> str:
+    """A hidden temporary name next to ``final`` (same directory, so rename is atomic)."""
+    folder, base = os.path.split(final)
+    return os.path.join(folder, f".{base}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _remove_quietly(paths: list[str]) -> None:
+    for p in paths:
+        with contextlib.suppress(OSError):
+            os.remove(p)
+
+
+def _write_all(files: list[tuple[str, Callable[[str], None]]]) -> None:
+    """Write every file under a temporary name, then rename each into place, the last last.
+
+    ``files`` is ``(final path, writer(temp path))`` in order; the index goes last.
+    Nothing is renamed until every file was written, so a failure while writing
+    (disk full, an interrupt) leaves no new file and changes no existing one.
+
+    Raises:
+        SaveError: a write failed (the original error is the ``__cause__``).
+    """
+    temps: list[str] = []
+    current = files[0][0] if files else ""
+    try:
+        for final, writer in files:
+            current = final
+            tmp = _temp_name(final)
+            temps.append(tmp)
+            writer(tmp)
+        for (final, _w), tmp in zip(files, temps):
+            current = final
+            os.replace(tmp, final)
+    except BaseException as exc:
+        _remove_quietly(temps)
+        if not isinstance(exc, Exception):
+            raise
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SaveError(
+            f"cannot write {current!r} ({type(exc).__name__}: {detail}); nothing was written "
+            "and an existing checkpoint there is unchanged",
+            file=current,
+        ) from exc
+
+
+def _safetensors_writer(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> Callable[[str], None]:
     from safetensors.torch import save_file
 
-    tmp = path + ".tmp"
-    try:
+    def write(tmp: str) -> None:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    return write
+
+
+def _json_writer(obj: Any) -> Callable[[str], None]:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+
+    return write
+
+
+def _stale_shards(folder: str, stem: str, keep: set[str]) -> list[str]:
+    """Shards of an earlier save (``{stem}-0000i-of-0000N.safetensors``) the new index drops."""
+    pattern = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}\.safetensors")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return [os.path.join(folder, n) for n in names if pattern.fullmatch(n) and n not in keep]
 
 
 def save_state_dict(
@@ -164,8 +219,16 @@ def save_state_dict(
     Returns:
         The path written: the file, or the index.
 
+    Every file is written under a temporary name in its destination directory
+    and renamed into place once all of them are written, the index last; shards
+    of an earlier save that the new index no longer names are removed only
+    after the new index is in place. On any failure nothing new is left behind
+    and an existing checkpoint at ``path`` is unchanged.
+
     Raises:
-        LoadError: a value is not a tensor, or is on the meta device.
+        SaveError: a key is not a string, a value is not a tensor or is on the
+            meta device, ``path`` is a directory (without ``max_shard_size``), or
+            a file cannot be written (the original error is the ``__cause__``).
         ArgumentError: a bad ``max_shard_size`` or ``format``.
 
     Example:
@@ -179,6 +242,31 @@ def save_state_dict(
         >>> len(r.loaded)
         122
     """
+    with operation(
+        "save_state_dict", file=os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    ):
+        return _save(model_or_state_dict, path, max_shard_size=max_shard_size, format=format)
+
+
+def _make_dirs(folder: str) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise SaveError(
+            f"cannot create directory {folder!r}: {exc.strerror or exc}", file=folder
+        ) from exc
+
+
+def _save(
+    model_or_state_dict: Any,
+    path: Any,
+    *,
+    max_shard_size: int | str | None,
+    format: str,
+) -> str:
+    """The body of :func:`save_state_dict`."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     if format not in ("safetensors", "dcp"):
         raise ArgumentError(f"format must be 'safetensors' or 'dcp', got {format!r}")
     if format == "dcp" and max_shard_size is not None:
@@ -196,8 +284,6 @@ def save_state_dict(
         )
     out = os.fspath(path)
     if format == "dcp":
-        from ._dcp import save_dcp
-
         return save_dcp(state, out)
     limit = parse_size(max_shard_size) if max_shard_size is not None else None
     tensors, aliases = _prepare(state)
@@ -205,9 +291,15 @@ def save_state_dict(
         meta = {"format": "pt"}
         if aliases:
             meta[ALIASES_KEY] = json.dumps(aliases)
-        parent = os.path.dirname(os.path.abspath(out))
-        os.makedirs(parent, exist_ok=True)
-        _save_file(tensors, out, meta)
+        if os.path.isdir(out):
+            raise SaveError(
+                f"{out!r} is a directory; pass a file name (e.g. "
+                f"{os.path.join(out, 'model.safetensors')!r}), or max_shard_size= to write "
+                "shards and an index into it",
+                file=out,
+            )
+        _make_dirs(os.path.dirname(os.path.abspath(out)))
+        _write_all([(out, _safetensors_writer(tensors, meta))])
         return out
 
     if out.endswith(".safetensors.index.json"):
@@ -220,7 +312,12 @@ def save_state_dict(
     else:
         folder, stem = out, "model"
     folder = folder or "."
-    os.makedirs(folder, exist_ok=True)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise SaveError(
+            f"{folder!r} is a file; with max_shard_size the shards go into a directory",
+            file=folder,
+        )
+    _make_dirs(folder)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for k, v in tensors.items():
@@ -231,13 +328,14 @@ def save_state_dict(
         size += v.nbytes
     n = len(shards)
     weight_map: dict[str, str] = {}
+    files: list[tuple[str, Callable[[str], None]]] = []
     for i, shard in enumerate(shards, 1):
         name = f"{stem}-{i:05d}-of-{n:05d}.safetensors"
         shard_aliases = {a: k for a, k in aliases.items() if k in shard}
         meta = {"format": "pt"}
         if shard_aliases:
             meta[ALIASES_KEY] = json.dumps(shard_aliases)
-        _save_file(shard, os.path.join(folder, name), meta)
+        files.append((os.path.join(folder, name), _safetensors_writer(shard, meta)))
         for k in shard:
             weight_map[k] = name
         for a in shard_aliases:
@@ -247,7 +345,8 @@ def save_state_dict(
         "metadata": {"total_size": sum(v.nbytes for v in tensors.values())},
         "weight_map": weight_map,
     }
-    with open(index_path + ".tmp", "w") as f:
-        json.dump(index, f, indent=2)
-    os.replace(index_path + ".tmp", index_path)
+    files.append((index_path, _json_writer(index)))
+    _write_all(files)  # shards first, the index last
+    # only now that the new index is in place: shards of an earlier, longer save
+    _remove_quietly(_stale_shards(folder, stem, set(weight_map.values())))
     return index_path

@@ -12,7 +12,7 @@ a few layers with ``include=`` touches only the shards that hold them.
 ``ShardedSource.opened`` lists the shard files opened so far, and
 ``bytes_read`` counts the tensor bytes actually read.
 
-Engines: safetensors shards go through :class:`surgery.checkpoint._sources.SafetensorsSource`
+Engines: safetensors shards go through :class:`surgery.checkpoint._safetensors.SafetensorsSource`
 (``safe_open``: the header gives shapes and dtypes without reading data);
 ``.bin`` shards through ``torch.load(weights_only=True, mmap=True)``, which maps
 the file and reads nothing until a tensor is touched.
@@ -22,20 +22,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import torch
 
 from .._errors import CheckpointError
-from ._sources import (
-    CHECKPOINT_SUFFIXES,
-    MappingSource,
-    SafetensorsSource,
-    TensorInfo,
-    TensorSource,
-    torch_load,
-    unwrap_state_dict,
-)
+from ._safetensors import SafetensorsSource
+from ._source import CHECKPOINT_SUFFIXES, TensorInfo, TensorSource
+from ._torchfile import open_torch_file
 
 __all__ = ["ShardedSource", "open_sharded_index"]
 
@@ -50,8 +45,16 @@ class ShardedSource(TensorSource):
         opened: shard file names opened so far, in the order they were opened.
     """
 
-    def __init__(self, path: str, weight_map: dict[str, str], metadata: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        path: str,
+        weight_map: dict[str, str],
+        metadata: dict[str, Any],
+        *,
+        mmap: bool = False,
+    ) -> None:
         self.path = path
+        self.mmap = mmap
         self.description = path
         self.unwrapped = None
         self.weight_map = weight_map
@@ -83,6 +86,9 @@ class ShardedSource(TensorSource):
     def read(self, key: str) -> torch.Tensor:
         return self._shard(key).read(key)
 
+    def read_into(self, key: str, out: torch.Tensor) -> None:
+        self._shard(key).read_into(key, out)
+
     def close(self) -> None:
         shards, self._shards = self._shards, {}
         for s in shards.values():
@@ -112,13 +118,11 @@ class ShardedSource(TensorSource):
                 "is incomplete (every file in its weight_map must sit next to the index)"
             )
         if name.lower().endswith(".safetensors"):
-            return SafetensorsSource(file)
-        obj = torch_load(file)
-        sd, unwrapped = unwrap_state_dict(obj, description=repr(file))
-        return MappingSource(sd, file, unwrapped)
+            return SafetensorsSource(file, mmap=self.mmap)
+        return open_torch_file(file, mmap=self.mmap)
 
 
-def open_sharded_index(path: str | os.PathLike[str]) -> ShardedSource:
+def open_sharded_index(path: str | os.PathLike[str], *, mmap: bool = False) -> ShardedSource:
     """Open a sharded checkpoint by its ``*.index.json``; reads only the index.
 
     Args:
@@ -176,4 +180,43 @@ def open_sharded_index(path: str | os.PathLike[str]) -> ShardedSource:
                 f"or torch files ({', '.join(CHECKPOINT_SUFFIXES)})"
             )
     metadata = index.get("metadata") or {}
-    return ShardedSource(p, dict(weight_map), metadata if isinstance(metadata, dict) else {})
+    return ShardedSource(
+        p, dict(weight_map), metadata if isinstance(metadata, dict) else {}, mmap=mmap
+    )
+
+
+_SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})(?P<ext>\.[A-Za-z]+)$")
+
+
+def refuse_lone_shard(path: str) -> None:
+    """Refuse to read one shard of a sharded checkpoint as if it were the whole checkpoint.
+
+    Raises:
+        CheckpointError: ``path`` is named like ``model-00001-of-00003.safetensors``;
+            the message names the index to load instead (and says when it is missing).
+    """
+    m = _SHARD_NAME.match(os.path.basename(path))
+    if m is None:
+        return
+    folder = os.path.dirname(path)
+    index_names = [
+        f"{m['stem']}{m['ext']}.index.json",
+        "model.safetensors.index.json",
+        "pytorch_model.bin.index.json",
+    ]
+    index = next(
+        (os.path.join(folder, n) for n in index_names if os.path.isfile(os.path.join(folder, n))),
+        None,
+    )
+    if index is not None:
+        hint = f"load its index {index!r} instead"
+    else:
+        hint = (
+            f"its index ({os.path.join(folder, index_names[0])!r}) is missing, so the "
+            "checkpoint is incomplete (an interrupted save?)"
+        )
+    raise CheckpointError(
+        f"{path!r} is shard {int(m['i'])} of {int(m['n'])} of a sharded checkpoint, not a whole "
+        f"checkpoint; {hint}",
+        file=path,
+    )

@@ -18,9 +18,9 @@ import os
 from typing import Any
 
 from .._errors import ArgumentError
-from ..checkpoint._load import CASTING, load_partial
+from ..checkpoint import CASTING, TensorInfo, open_source
+from ..checkpoint._load import load_partial
 from ..checkpoint._save import save_state_dict
-from ..checkpoint._sources import TensorInfo, open_source
 from . import SUBCOMMANDS, load_model_spec
 
 __all__ = ["checkpoint_infos", "format_checkpoint_tree"]

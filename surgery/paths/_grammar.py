@@ -28,11 +28,11 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from .._errors import PathSyntaxError
+from .._errors import PathError, PathSyntaxError
 
-__all__ = ["Path", "Pattern", "Segment", "Slice", "compile_pattern", "parse_path"]
+__all__ = ["Path", "Pattern", "Segment", "Slice", "compile_pattern", "compile_regex", "parse_path"]
 
 
 class Slice(NamedTuple):
@@ -278,14 +278,14 @@ class Pattern:
 
     text: str
     kind: str
-    regex: re.Pattern[str]
+    regex: Any  # re.Pattern, or an RE2 regex for "re:" patterns (same fullmatch/pattern)
     path: Path | None = None
 
     def matches(self, name: str) -> bool:
         return self.regex.fullmatch(name) is not None
 
     @property
-    def matcher(self) -> Callable[[str], re.Match[str] | None]:
+    def matcher(self) -> Callable[[str], Any]:
         """The bound ``fullmatch`` of the compiled regex (fast path for loops)."""
         return self.regex.fullmatch
 
@@ -346,6 +346,44 @@ def _compile_glob(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
+def compile_regex(source: str, *, what: str) -> Any:
+    r"""Compile a regex for untrusted names with RE2: matching takes linear time, never hangs.
+
+    Checkpoint keys and module names are untrusted input, and a backtracking
+    engine can take exponential time on a crafted key (``(a|aa)+`` against
+    ``"aaaa...x"``). RE2 supports Python's syntax except backreferences and
+    lookaround; a regex that uses them is refused.
+
+    Args:
+        source: the regex (Python syntax; already known to compile with :mod:`re`).
+        what: how to name it in messages (``"pattern 're:...'"``).
+
+    Returns:
+        A compiled RE2 regex (``fullmatch``, ``match``, ``search``, ``sub``, ``pattern``).
+
+    Raises:
+        PathError: RE2 cannot take the regex (the message says why and what to use).
+
+    Example:
+        >>> compile_regex(r"layer(\d+)\.conv", what="pattern").fullmatch("layer3.conv") is not None
+        True
+    """
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        return re2.compile(source, options=options)
+    except re2.error as exc:
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise PathError(
+            f"{what} cannot be matched in linear time ({detail}): regexes run with RE2, "
+            "which has no backreferences (\\1) or lookaround ((?=...), (?!...), (?<=...)); "
+            "rewrite it without them, or use a glob ('*' within a segment, '**' across)",
+            path=source,
+        ) from None
+
+
 def compile_pattern(text: str) -> Pattern:
     """Compile a pattern for :func:`surgery.find` and friends.
 
@@ -363,13 +401,13 @@ def compile_pattern(text: str) -> Pattern:
         raise PathSyntaxError(repr(text), 0, f"a pattern must be a str, not {type(text).__name__}")
     if text.startswith("re:"):
         try:
-            rx = re.compile(text[3:])
+            re.compile(text[3:])
         except re.error as exc:
             pos = 3 + (exc.pos or 0)
             raise PathSyntaxError(
                 text, min(pos, max(len(text) - 1, 0)), f"bad regex: {exc.msg}"
             ) from None
-        return Pattern(text, "regex", rx)
+        return Pattern(text, "regex", compile_regex(text[3:], what=f"pattern {text!r}"))
     if "*" in text or "?" in text:
         return Pattern(text, "glob", re.compile(_compile_glob(text)))
     path = parse_path(text)
