@@ -996,6 +996,11 @@ def md_escape(s: str) -> str:
 def write_markdown(path: Path, result: dict[str, Any]) -> None:
     records = result["records"]
     counts = result["counts"]
+    budget_text = (
+        "no budget" if result["budget_s"] is None else f"budget {result['budget_s']:.0f} s"
+    )
+    if result.get("merged_from"):
+        budget_text += f"; {len(result['merged_from'])} runs side by side, merged"
     lines = [
         "# The zoo: what works where",
         "",
@@ -1042,7 +1047,7 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "## The run",
         "",
         f"- date: {result['started']}; wall time {result['wall_s'] / 60:.1f} min"
-        f" (budget {result['budget_s']:.0f} s); {result['machine']}",
+        f" ({budget_text}); {result['machine']}",
         f"- models: {len(records)} ({result['summary']['run']} run,"
         f" {result['summary']['skipped']} skipped, {result['summary']['not_reached']} not"
         " reached within the budget)",
@@ -1121,6 +1126,39 @@ def summarize(records: list[dict[str, Any]], reached: int) -> dict[str, Any]:
     }
 
 
+def ops_run(rec: dict[str, Any]) -> int:
+    return sum(o["status"] != "not run" for o in rec["ops"].values())
+
+
+def merge(paths: list[Path], json_path: Path, md_path: Path) -> int:
+    """One report from several runs: per model, the record with the most operations run."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in (rec for run in runs for rec in run["records"]):
+        key = (r["source"], r["model"])
+        if key not in best or ops_run(r) > ops_run(best[key]):
+            best[key] = r
+    records = list(best.values())
+    not_reached = sum(
+        "skipped" not in r and r["ops"] and ops_run(r) == 0 and "build" not in r for r in records
+    )
+    result = {
+        **runs[0],
+        "wall_s": max(run["wall_s"] for run in runs),
+        "merged_from": [
+            {"file": p.name, "wall_s": run["wall_s"], "started": run["started"]}
+            for p, run in zip(paths, runs)
+        ],
+        "counts": tally(records),
+        "summary": summarize(records, not_reached),
+        "records": records,
+    }
+    json_path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    write_markdown(md_path, result)
+    print(f"merged {len(paths)} runs ({len(records)} models) into {json_path} and {md_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", type=float, default=None, help="stop starting models after SECONDS")
@@ -1140,7 +1178,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", default=None, help="write the results here (default docs/zoo.json)")
     ap.add_argument("--markdown", default=None, help="write the table here (default docs/zoo.md)")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="combine the results of runs (e.g. shards run side by side) into one report",
+    )
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(
+            [Path(p) for p in args.merge],
+            Path(args.json) if args.json else ROOT / "docs" / "zoo.json",
+            Path(args.markdown) if args.markdown else ROOT / "docs" / "zoo.md",
+        )
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.perf_counter()
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -1214,7 +1265,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": round(wall, 1),
-        "budget_s": budget if budget is not None else float("nan"),
+        "budget_s": budget,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, torch {torch.__version__}",
         "selection_s": round(selection_s, 1),
