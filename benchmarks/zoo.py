@@ -164,6 +164,27 @@ def count_params_meta(build: Callable[[], nn.Module]) -> int:
     return unique_numel(m.parameters())
 
 
+def count_params_skeleton(build: Callable[[], nn.Module]) -> int:
+    """Unique parameter count for a model whose constructor needs real tensors (torchvision's
+    RegNet calls ``.tolist()``): every parameter moves to meta as it is registered (the way
+    accelerate's ``init_empty_weights`` does), so the weights are never initialised."""
+    register = nn.Module.register_parameter
+
+    def to_meta(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(self, name, param)
+
+    nn.Module.register_parameter = to_meta  # type: ignore[method-assign]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = build()
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+    return unique_numel(m.parameters())
+
+
 def unique_numel(params: Iterable[torch.Tensor]) -> int:
     seen: set[int] = set()
     total = 0
@@ -323,9 +344,8 @@ def torchvision_specs(names: list[str] | None, log: Callable[[str], None]) -> li
 
         try:
             n = count_params_meta(build)
-        except Exception as e:
-            log(f"torchvision {name}: cannot count parameters on meta ({e}); counted as 0")
-            n = 0
+        except Exception:
+            n = count_params_skeleton(build)
         spec = Spec(name, name, "torchvision", kind, build, inputs, size, params=n)
         spec.train_inputs = train_inputs
         if n > MAX_TORCHVISION_PARAMS:
@@ -1170,6 +1190,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-timm", action="store_true")
     ap.add_argument("--no-torchvision", action="store_true")
     ap.add_argument("--hf", action="store_true", help="add the tiny Hugging Face configs")
+    ap.add_argument(
+        "--selection-from",
+        default=None,
+        metavar="JSON",
+        help="take the timm models a previous run selected (skips the registry scan)",
+    )
     ap.add_argument("--ops", default=",".join(OPERATIONS), help="operations, comma-separated")
     ap.add_argument("--ci", action="store_true", help="the fixed CI sample (CI_MODELS)")
     ap.add_argument("--timeout", type=float, default=MODEL_TIMEOUT_S, help="per-model seconds")
@@ -1211,6 +1237,13 @@ def main(argv: list[str] | None = None) -> int:
                 specs.append(timm_spec(name, fam))
                 specs[-1].params = count_params_meta(specs[-1].build)
             args.no_timm = True
+    if args.selection_from and not args.no_timm:
+        previous = json.loads(Path(args.selection_from).read_text())["records"]
+        for r in previous:
+            if r["source"] == "timm" and (families is None or r["family"] in families):
+                specs.append(timm_spec(r["model"], r["family"]))
+                specs[-1].params = r["params"]
+        args.no_timm = True
     if not args.no_timm:
         if args.sample and families is None:
             import timm
