@@ -278,6 +278,14 @@ def test_an_edit_inside_another_edit_is_refused() -> None:
         planner.finish()
 
 
+def test_delete_slice_with_a_repeated_member_deletes_it_once() -> None:
+    bn = nn.BatchNorm1d(2)
+    m = nn.Sequential(nn.Sequential(bn, nn.ReLU(), bn), nn.Tanh())
+    with pytest.warns(SharedModuleWarning, match=r"'0.0' is also reachable at '0.2'"):
+        surgery.delete(m, "0[0:3]")
+    assert len(m[0]) == 0 and isinstance(m[1], nn.Tanh)
+
+
 def test_replace_head_edits_one_head_once_for_duplicate_paths() -> None:
     m = resnet()
     plan = surgery.replace_head(m, 4, path=["fc", "fc"], dry_run=True)

@@ -162,7 +162,7 @@ def test_timm_declared_heads(name: str, heads: list[str], features: int, caplog)
     assert output_shapes(m, (2, 3, 224, 224))[1] == [2, features]
 
 
-def test_failing_reset_classifier_is_rolled_back_then_heads_replaced(caplog) -> None:
+def test_failing_reset_classifier_runs_on_a_copy_then_heads_replaced(caplog) -> None:
     class Declares(nn.Module):
         pretrained_cfg = {"classifier": "fc"}  # noqa: RUF012
 
@@ -173,7 +173,7 @@ def test_failing_reset_classifier_is_rolled_back_then_heads_replaced(caplog) -> 
             self.num_classes = 3
 
         def reset_classifier(self, num_classes: int) -> None:
-            self.body = nn.Identity()  # a half-done reset must not leak
+            self.body = nn.Identity()  # a half-done reset (on the meta copy) must not leak
             self.fc = nn.Linear(4, num_classes)
             raise RuntimeError("boom")
 

@@ -51,6 +51,14 @@ REQUIRED = {
     "save_state_dict",
     "LoadError",
     "CheckpointError",
+    # issue 10: the edit engine, exported types
+    "EditPlan",
+    "Edit",
+    "AdaptiveConcatPool2d",
+    "FrozenBatchNormNd",
+    # issue 12: swapping by pattern and type
+    "swap",
+    "SwapReport",
 }
 
 

@@ -182,6 +182,8 @@ class TorchFileSource(FileSource):
             if not info.filename.startswith(prefix):
                 continue
             name = info.filename[len(prefix) :]
+            if name in records:
+                raise self._bad(f"record {name!r} appears twice in the zip directory")
             if info.compress_type != zipfile.ZIP_STORED:
                 raise self._bad(f"record {name!r} is compressed (torch stores records as is)")
             if info.header_offset + _LOCAL_HEADER > size:

@@ -56,7 +56,24 @@ class Location(NamedTuple):
     path: str
     parent: nn.Module
     key: str
-    ancestors: frozenset[int]  # ids of the modules from the root down to ``parent``
+    chain: tuple[Any, ...]  # (id(parent), chain of the parent's location): linked, O(1) to make
+
+    @property
+    def ancestors(self) -> frozenset[int]:
+        """Ids of the modules from the root down to ``parent``."""
+        out, link = [], self.chain
+        while link:
+            out.append(link[0])
+            link = link[1]
+        return frozenset(out)
+
+
+def _on_chain(chain: tuple[Any, ...], ident: int) -> bool:
+    while chain:
+        if chain[0] == ident:
+            return True
+        chain = chain[1]
+    return False
 
 
 def check_aliases(aliases: object) -> str:
@@ -95,24 +112,26 @@ class Planner:
         self._settings: list[Setting] = []
         self._steps: list[Step] = []
         self._count = 0
+        self._reuses = False  # a new module holds modules of the model: check for cycles
 
     # ------------------------------------------------------------------ the walk
 
     def _walk(self) -> None:
         """One DFS over ``_modules``, in model order, shared modules at every path."""
-        stack: list[tuple[nn.Module, str, nn.Module | None, str, frozenset[int]]] = [
-            (self.model, "", None, "", frozenset())
+        stack: list[tuple[nn.Module, str, nn.Module | None, str, tuple[Any, ...]]] = [
+            (self.model, "", None, "", ())
         ]
+        locations, paths = self.locations, self.paths
         while stack:
             module, path, parent, key, above = stack.pop()
             if parent is not None:
-                self.locations.setdefault(id(module), []).append(Location(path, parent, key, above))
-                self.paths.setdefault(id(module), []).append(path)
-            chain = above | {id(module)}
+                locations.setdefault(id(module), []).append(Location(path, parent, key, above))
+                paths.setdefault(id(module), []).append(path)
+            chain = (id(module), above)
             children = [(k, c) for k, c in module._modules.items() if c is not None]
             for k, child in reversed(children):  # popped in model order
-                if id(child) not in chain:  # an existing cycle: do not loop forever
-                    stack.append((child, join_path(path, k), module, k, chain))
+                if not _on_chain(chain, id(child)):  # an existing cycle: do not loop forever
+                    stack.append((child, f"{path}.{k}" if path else k, module, k, chain))
 
     def paths_of(self, module: nn.Module) -> list[str]:
         """Every path of ``module`` in the model, in model order ([] if it is not in the model)."""
@@ -146,7 +165,14 @@ class Planner:
 
     def _check_cycle(self, new: nn.Module, ancestors: Iterable[int], path: str, kind: str) -> None:
         inside = _subtree_ids(new)
-        for anc in ancestors:
+        if not self._reuses and any(i in self.paths for i in inside):
+            self._reuses = True
+
+        def outermost_first(i: int) -> tuple[bool, int]:
+            first = self.paths.get(i, [""])[0]
+            return (first != "", first.count("."))
+
+        for anc in sorted(ancestors, key=outermost_first):
             if anc in inside:
                 name = self.paths.get(anc, [""])[0]
                 where = f"{name!r}" if name else "the model itself"
@@ -273,7 +299,8 @@ class Planner:
             else:
                 edits.append(e)
         self._check_nested(edits)
-        self._check_acyclic()
+        if self._reuses:  # fresh modules alone cannot close a cycle
+            self._check_acyclic()
         shared = [e for e in edits if e.aliases]
         if shared and aliases == "error":
             listing = "; ".join(

@@ -137,9 +137,12 @@ def delete(
             raise ArgumentError("cannot delete the root (path '')")
         planner = Planner(model, "delete")
         if target.is_slice:
+            members: dict[int, tuple[str, nn.Module]] = {}
             for name, key in zip(target.member_names(), target.member_keys):
                 member = parent._modules[key]
                 assert member is not None
+                members.setdefault(id(member), (name, member))  # one object: one edit
+            for name, member in members.values():
                 planner.delete(member, path=name)
         else:
             planner.delete(target.module, path=target.name)

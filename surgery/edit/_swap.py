@@ -111,12 +111,26 @@ def _own_tensors(module: nn.Module) -> list[torch.Tensor]:
     return [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
 
 
+def _where(module: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+    """The device of ``module``'s first tensor and its first floating dtype (None: none)."""
+    device = dtype = None
+    stack = [module]
+    while stack and dtype is None:
+        m = stack.pop()
+        for t in _own_tensors(m):
+            device = device or t.device
+            if t.is_floating_point():
+                dtype = t.dtype
+                break
+        stack.extend(reversed([c for c in m._modules.values() if c is not None]))
+    return device, dtype
+
+
 def _place(new: nn.Module, old: nn.Module, in_model: set[int], keep_dtype: bool) -> None:
     """Give the new parts of ``new`` the old module's mode, device and floating dtype."""
-    tensors = [*old.parameters(), *old.buffers()]
-    device = tensors[0].device if tensors else None
-    floats = [t.dtype for t in tensors if t.is_floating_point()]
-    dtype = floats[0] if floats and not keep_dtype else None
+    device, dtype = _where(old)
+    if keep_dtype:
+        dtype = None
     stack = [new]
     while stack:
         m = stack.pop()
