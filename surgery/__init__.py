@@ -36,7 +36,7 @@ from .edit._heads import adapt_input, create_head, replace_head
 from .paths._grammar import Path, parse_path
 from .paths._resolve import find, get
 from .trace._compose import compose, take
-from .trace._cut import cut, split
+from .trace._cut import cut, cut_points, split
 from .trace._tree import ModelTree, TreeRow, tree
 from .trace._verify import summary, verify
 from .train._cache import FeatureCache, precompute
@@ -72,6 +72,7 @@ __all__ = [
     "compose",
     "create_head",
     "cut",
+    "cut_points",
     "delete",
     "find",
     "freeze",

@@ -37,14 +37,18 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .._boundary import operation
 from .._errors import ArgumentError, PathError, PathNotFoundError, SurgeryError, TraceError
 from ..paths._grammar import parse_path
 from ..paths._resolve import check_model, resolve
+from ._meta import structural_copy
 
 __all__ = [
     "Traced",
+    "concrete_defaults",
     "copy_objects",
     "cut",
+    "cut_points",
     "split",
     "split_points",
     "trace",
@@ -196,8 +200,60 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
+_BASE_DEFAULTS = (type(None), bool, int, float, str)
+
+
+def concrete_defaults(model: nn.Module) -> dict[str, Any]:
+    """The optional arguments of ``model.forward`` that tracing fixes to their defaults.
+
+    Every parameter after the first whose default is ``None`` or a plain
+    ``bool``/``int``/``float``/``str`` (``mask=None``, ``return_loss=False``):
+    ``model(x)`` runs with those values, so the traced graph does too, instead
+    of treating ``mask`` as a given tensor.
+    """
+    sig = _signature(type(model).forward)
+    if sig is None:
+        return {}
+    params = [p for p in sig.parameters.values() if p.name != "self"]
+    fixed: dict[str, Any] = {}
+    for p in params[1:]:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        if p.default is not p.empty and type(p.default) in _BASE_DEFAULTS:
+            fixed[p.name] = p.default
+    return fixed
+
+
+def _drop_fixed_placeholders(graph: fx.Graph, fixed: dict[str, Any]) -> None:
+    """Remove the placeholders (and fx's checks on them) of arguments fixed to defaults."""
+    if not fixed:
+        return
+    for n in list(graph.nodes):
+        if n.op != "placeholder":
+            continue
+        base = str(n.target).rsplit("_", 1)[0]
+        if base not in fixed or n.target == base:
+            continue
+        for user in list(n.users):
+            if user.op == "call_function" and not user.users and user.target in _CHECKS:
+                graph.erase_node(user)
+        if not n.users:
+            graph.erase_node(n)
+
+
+_CHECKS: tuple[Any, ...] = (torch._assert, getattr(fx._symbolic_trace, "_assert_is_none", None))
+
+
 def trace_model(model: nn.Module) -> Traced:
-    """Trace ``model`` with :class:`_Tracer`; untraceable submodules become opaque steps.
+    """Trace a structural copy of ``model``; untraceable submodules become opaque steps.
+
+    The single entry point of tracing in `surgery`. The caller's model is never
+    touched: the trace runs on :func:`structural_copy` (fresh module objects
+    sharing the tensors), so whatever forward writes into the model while it
+    is traced (timm's ``attention_bias_cache``, fx's stowed constants) lands
+    in the copy. Optional arguments are fixed to their defaults
+    (:func:`concrete_defaults`). ``Traced.model`` is the caller's model: the
+    graph's targets are paths into it.
 
     Raises:
         TraceError: the failure is in the model's own ``forward`` (outside every
@@ -205,12 +261,14 @@ def trace_model(model: nn.Module) -> Traced:
     """
     check_model(model, "tracing")
     leaf_types = _default_leaf_types()
+    fixed = concrete_defaults(model)
     opaque: dict[str, str] = {}
     for _ in range(_MAX_RETRIES):
         tracer = _Tracer(frozenset(opaque), leaf_types)
-        before = set(model.__dict__)
+        work = structural_copy(model)
+        before = set(work.__dict__)
         try:
-            graph = tracer.trace(model)
+            graph = tracer.trace(work, concrete_args=fixed or None)
         except Exception as e:
             path = tracer.failed
             reason = _reason(tracer.failure if tracer.failure is not None else e)
@@ -223,10 +281,12 @@ def trace_model(model: nn.Module) -> Traced:
                 raise err from None
             opaque[path] = reason
             continue
-        finally:
-            stowed = {k: model.__dict__.pop(k) for k in set(model.__dict__) - before}
+        stowed = {k: work.__dict__[k] for k in set(work.__dict__) - before}
+        _drop_fixed_placeholders(graph, fixed)
+        alive = set(graph.nodes)
+        names = {k: n for k, n in tracer.names.items() if n in alive}
         leaves = {n.target for n in graph.nodes if n.op == "call_module"}
-        return Traced(model, graph, tracer.calls, leaves, opaque, stowed, tracer.names)  # type: ignore[arg-type]
+        return Traced(model, graph, tracer.calls, leaves, opaque, stowed, names)  # type: ignore[arg-type]
     raise TraceError(  # pragma: no cover - pathological
         f"torch.fx cannot trace {type(model).__name__}: more than {_MAX_RETRIES} submodules "
         f"fail to trace ({', '.join(opaque)})"
@@ -281,13 +341,44 @@ def _fetch(t: Traced, target: str) -> Any:
 def split_points(model: nn.Module, traced: Traced | None = None) -> list[str]:
     """Module paths (``named_modules`` order, root excluded) valid for ``split``/``cut``.
 
-    These are the modules that ``forward`` calls (directly or inside traced
-    code). Left out: modules never called (e.g. a ``ModuleList``, which is
-    iterated rather than called, or an auxiliary head that only runs in train
-    mode) and modules inside an opaque step (e.g. ``MultiheadAttention.out_proj``).
+    The implementation of :func:`cut_points`, which can reuse a trace.
     """
     t = traced if traced is not None else trace_model(model)
     return [name for name, _ in model.named_modules() if name and name in t.calls]
+
+
+def cut_points(model: nn.Module) -> list[str]:
+    """Every module path valid for :func:`surgery.cut` / :func:`surgery.split`, in order.
+
+    The discovery function beside the action, as torchvision's
+    ``get_graph_node_names`` sits beside ``create_feature_extractor``. These
+    are the modules that ``forward`` calls (directly or inside traced code),
+    in ``named_modules`` order, the root excluded, plus containers
+    (``ModuleList``, ``Sequential``, ``ModuleDict``) that forward iterates
+    entry after entry (the cut is after their last entry). Left out: modules
+    never called (an auxiliary head that only runs in train mode) and modules
+    inside another module's single step (``MultiheadAttention.out_proj``).
+    The model is traced on a copy and not changed. Besides these paths,
+    ``cut``/``split`` accept torchvision's node names and, for timm models,
+    ``"stage:N"``.
+
+    Args:
+        model: any traceable ``nn.Module``.
+
+    Returns:
+        The list of paths.
+
+    Raises:
+        TraceError: the model's forward cannot be traced.
+
+    Example:
+        >>> import torchvision, surgery
+        >>> points = surgery.cut_points(torchvision.models.resnet18(weights=None))
+        >>> points[:5], points[-1], len(points)
+        (['conv1', 'bn1', 'relu', 'maxpool', 'layer1'], 'fc', 67)
+    """
+    with operation("cut_points", model=model):
+        return split_points(model)
 
 
 # --------------------------------------------------------------------------- plan
@@ -368,7 +459,7 @@ def _cut_structure(t: Traced, model: nn.Module, path: str) -> tuple[str, Any]:
     raise PathError(
         f"cannot cut at {name!r} ({type(mod).__name__}): {type(model).__name__}.forward never "
         f"calls it (in {mode} mode){hint}\n"
-        f"  list valid cut points with surgery.testing.split_points(model)"
+        f"  list valid cut points with surgery.cut_points(model)"
     )
 
 

@@ -29,7 +29,13 @@ from torchinfo import summary as _torchinfo_summary
 
 from .._errors import ArgumentError, SurgeryError, VerificationError
 from ..paths._resolve import check_model
-from ._meta import eval_mode, meta_copy, normalize_input_size
+from ._meta import (
+    copy_attribute,
+    eval_mode,
+    meta_copy,
+    normalize_input_size,
+    structural_copy,
+)
 
 __all__ = ["summary", "verify"]
 
@@ -57,15 +63,21 @@ def _devices(model: nn.Module) -> set[torch.device]:
 
 
 def _run_torchinfo(model: nn.Module, input_size: Any, kwargs: dict[str, Any]) -> ModelStatistics:
+    """torchinfo on ``model`` (a copy), with parameter totals counting each tensor once."""
     try:
         with eval_mode(model):  # torchinfo resets every module to the root's mode; we restore each
-            return _torchinfo_summary(model, input_size, **kwargs)
+            stats = _torchinfo_summary(model, input_size, **kwargs)
     except Exception as e:
         cause = e.__cause__ or e
         raise SurgeryError(
             f"torchinfo could not run {type(model).__name__} with input_size={input_size!r} "
             f"on {kwargs.get('device')}: {type(cause).__name__}: {cause}"
         ) from e
+    if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        # torchinfo adds up each layer's parameters, so a shared one counts at every use;
+        # report unique parameters (as verify and tree do)
+        stats.total_params, stats.trainable_params = _count(model)
+    return stats
 
 
 def summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -> ModelStatistics:
@@ -75,8 +87,9 @@ def summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -
     included). Every keyword goes to ``torchinfo.summary`` (``depth``,
     ``col_names``, ``dtypes``, ``input_data``...); ``verbose`` defaults to 0
     (nothing printed: print the result). ``device="cpu"`` (or ``"cuda"``)
-    asks for a real run: on the model itself when it already lives there,
-    otherwise on a deep copy.
+    asks for a real run: on a copy that shares the parameters when the model
+    already lives there (hooks, caches and buffers are the copy's), otherwise
+    on a deep copy.
 
     Args:
         model: any ``nn.Module``.
@@ -85,7 +98,11 @@ def summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -
         **torchinfo_kwargs: passed to ``torchinfo.summary``.
 
     Returns:
-        torchinfo's ``ModelStatistics``.
+        torchinfo's ``ModelStatistics``. ``total_params`` and
+        ``trainable_params`` (and the totals printed by ``str()``) count
+        **unique** parameters: a parameter shared by several layers counts
+        once, as in :func:`verify` and :func:`tree` (torchinfo itself counts it
+        at every layer that uses it); the per-layer rows keep torchinfo's counts.
 
     Raises:
         SurgeryError: the forward fails (the message says why).
@@ -115,8 +132,10 @@ def summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -
             f"{target}; drop device= to summarize it on the meta device"
         )
     if devices and devices != {target}:
-        model = copy.deepcopy(model)  # the caller's model never moves
-    return _run_torchinfo(model, input_size, {**kwargs, "device": target})
+        run = copy.deepcopy(model)  # the caller's model never moves
+    else:  # fresh modules (hooks, caches, modes are the copy's), buffers cloned (BN statistics)
+        run = structural_copy(model, lambda t, param: t if param else t.clone())
+    return _run_torchinfo(run, input_size, {**kwargs, "device": target})
 
 
 # ----------------------------------------------------------------------------- shape cache
@@ -146,15 +165,16 @@ class _MetaClone:
     Then the copy, faster than ``copy.deepcopy``: each module object is copied
     once (shared modules stay shared) with its own parameter, buffer, submodule
     and hook dicts; parameters and buffers get meta twins (tied tensors stay
-    tied); other attributes are shared with the original, which is why
-    :func:`verify` re-checks any failure with a plain
-    :func:`surgery.trace._meta.meta_copy`. A module identical to one already copied
+    tied); other attributes are copied (:func:`copy_attribute`: the forward
+    may write caches into them). :func:`verify` re-checks any failure with a
+    plain :func:`surgery.trace._meta.meta_copy`. A module identical to one already copied
     becomes a :class:`_Repeat`: it answers from the shape cache and is only
     copied if its input has a shape not seen before.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.twins: dict[int, Any] = {}
+        self.memo: dict[int, Any] = {}  # copy.deepcopy's memo: original id -> copy
         self.done: dict[int, nn.Module] = {}
         self.sig: dict[int, int] = {}
         self.interned: dict[tuple[Any, ...], int] = {}
@@ -166,6 +186,10 @@ class _MetaClone:
         self.repeated = {sid for sid, n in counts.items() if n > 1}
         self.copied: set[int] = set()
         self.root_id = id(model)
+        for p in model.parameters():
+            self._twin(p, True)
+        for b in model.buffers():
+            self._twin(b, False)
         self.root = self.copy(model)
 
     def _sign(self, m: nn.Module) -> int:
@@ -198,7 +222,7 @@ class _MetaClone:
             found = torch.empty_like(t, device="meta")
             if param:
                 found = nn.Parameter(found, requires_grad=t.requires_grad)
-            self.twins[id(t)] = found
+            self.twins[id(t)] = self.memo[id(t)] = found
         return found
 
     def copy(self, m: nn.Module, *, whole: bool = False) -> nn.Module:
@@ -215,10 +239,14 @@ class _MetaClone:
         new = object.__new__(type(m))
         self.done[id(m)] = new
         d = dict(m.__dict__)
-        for k in _MODULE_KEYS:
-            v = d.get(k)
-            if isinstance(v, (dict, set)):
-                d[k] = v.copy()  # hook dicts, _non_persistent_buffers_set
+        memo = self.memo
+        memo[id(m)] = new
+        for k, v in d.items():
+            if k in _MODULE_KEYS:
+                if isinstance(v, (dict, set)):
+                    d[k] = v.copy()  # hook dicts, _non_persistent_buffers_set
+            else:  # caches and other attributes: the forward may write into them
+                d[k] = copy_attribute(v, memo)
         twin = self._twin
         d["_parameters"] = {k: twin(p, True) for k, p in m._parameters.items()}
         d["_buffers"] = {k: twin(b, False) for k, b in m._buffers.items()}
