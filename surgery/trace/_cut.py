@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy as _copy
 import functools
 import inspect
+import itertools
 import math
 import operator
 import re
@@ -39,16 +40,20 @@ from torch import nn
 
 from .._boundary import operation
 from .._errors import ArgumentError, PathError, PathNotFoundError, SurgeryError, TraceError
-from ..paths._grammar import parse_path
+from ..paths._grammar import Path, parse_path
 from ..paths._resolve import check_model, resolve
 from ._meta import structural_copy
 
 __all__ = [
     "Traced",
+    "batch_norm_step",
     "concrete_defaults",
     "copy_objects",
     "cut",
     "cut_points",
+    "feature_stages",
+    "iterated_output",
+    "resolve_stage",
     "split",
     "split_points",
     "trace",
@@ -81,9 +86,51 @@ def _default_leaf_types() -> tuple[type, ...]:
     if timm_fx is None:  # only when the user's model came from timm
         return ()
     try:
-        return tuple(t for t in timm_fx.get_notrace_modules() if isinstance(t, type))
+        found = timm_fx.get_notrace_modules()
     except Exception:  # pragma: no cover - private API moved
         return ()
+    # timm's norm + activation layers (BatchNormAct2d...) are traced through: their
+    # drop/act children are module calls (see _norm_act_forward)
+    return tuple(t for t in found if isinstance(t, type) and t.__module__ != "timm.layers.norm_act")
+
+
+def _torch_norm_class(cls: type) -> type | None:
+    """The ``torch.nn`` batch-norm class a norm + activation layer derives from, if any."""
+    if cls.__module__.startswith("torch.nn"):
+        return None
+    for base in cls.__mro__[1:]:
+        if issubclass(base, nn.modules.batchnorm._BatchNorm) and base.__module__.startswith(
+            "torch.nn"
+        ):
+            return base
+    return None
+
+
+def batch_norm_step(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The normalization of a norm + activation layer (timm's ``BatchNormAct2d``).
+
+    Runs ``torch.nn``'s own batch-norm ``forward`` on ``module``, so the step
+    follows the module's train/eval mode when the graph runs; the layer's
+    ``drop`` and ``act`` children are separate module calls (cut points).
+    """
+    base = _torch_norm_class(type(module))
+    assert base is not None  # only traced for such classes
+    return base.forward(module, x)  # type: ignore[attr-defined,no-any-return]
+
+
+def _norm_act_forward(tracer: fx.Tracer, m: nn.Module) -> Callable[..., Any] | None:
+    """A traceable forward for a batch norm with ``drop``/``act`` children, or None."""
+    if _torch_norm_class(type(m)) is None or "act" not in m._modules:
+        return None
+
+    def forward(x: Any) -> Any:
+        y = tracer.create_proxy("call_function", batch_norm_step, (m, x), {})
+        for child in ("drop", "act"):
+            if m._modules.get(child) is not None:
+                y = getattr(m, child)(y)
+        return y
+
+    return forward
 
 
 def _autowrap_functions() -> tuple[Callable[..., Any], ...]:
@@ -156,6 +203,8 @@ class _Tracer(fx.Tracer):
         kwargs: dict[str, Any],
     ) -> Any:
         path = self.path_of_module(m)
+        if len(args) == 1 and not kwargs and not self.is_leaf_module(m, path):
+            forward = _norm_act_forward(self, m) or forward
         try:
             out = super().call_module(m, forward, args, kwargs)
         except Exception as e:
@@ -191,7 +240,10 @@ class Traced:
     names: dict[str, fx.Node] = field(default_factory=dict)
 
     def index(self) -> dict[fx.Node, int]:
-        return {n: i for i, n in enumerate(self.graph.nodes)}
+        order = self.__dict__.get("_order")
+        if order is None:
+            order = self.__dict__["_order"] = {n: i for i, n in enumerate(self.graph.nodes)}
+        return order  # type: ignore[no-any-return]
 
 
 def _reason(e: BaseException) -> str:
@@ -338,13 +390,77 @@ def _fetch(t: Traced, target: str) -> Any:
     return functools.reduce(getattr, target.split("."), t.model)
 
 
+_CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
+
+
+def iterated_output(t: Traced, name: str, module: nn.Module) -> Any:
+    """The output of a container that forward iterates rather than calls, or None.
+
+    A ``ModuleList``/``Sequential``/``ModuleDict`` whose entries are each called
+    once, in order, each one on what the previous one computed (``for block in
+    self.blocks: x = block(x)``), has a natural cut point after its last entry:
+    its output is the last entry's. Entries may be iterated containers too.
+    None when the container is not iterated that way (entries used apart, or
+    not all called).
+    """
+    if name in t.calls or not isinstance(module, _CONTAINERS):
+        return None
+    entries = [(k, v) for k, v in module._modules.items() if v is not None]
+    if not entries:
+        return None
+    outs: list[list[fx.Node]] = []
+    for key, entry in entries:
+        path = f"{name}.{key}" if name else key
+        calls = t.calls.get(path)
+        if calls is not None:
+            if len(calls) != 1:
+                return None
+            value = calls[0]
+        else:
+            value = iterated_output(t, path, entry)
+            if value is None:
+                return None
+        nodes = _leaves_of(value)
+        if not nodes:
+            return None
+        outs.append(nodes)
+    order = t.index()
+    for before, after in itertools.pairwise(outs):
+        if not _reaches(before, after, order):
+            return None
+    key, entry = entries[-1]
+    last = f"{name}.{key}" if name else key
+    return t.calls[last][0] if last in t.calls else iterated_output(t, last, entry)
+
+
+def _reaches(sources: list[fx.Node], targets: list[fx.Node], order: dict[fx.Node, int]) -> bool:
+    """Whether some target node is computed from (after) one of ``sources``."""
+    wanted = set(sources)
+    low = min(order[n] for n in sources)
+    stack = [n for n in targets if order[n] > max(order[s] for s in sources)]
+    seen: set[fx.Node] = set()
+    while stack:
+        n = stack.pop()
+        if n in wanted:
+            return True
+        if n in seen or order[n] < low:
+            continue
+        seen.add(n)
+        stack.extend(n.all_input_nodes)
+    return False
+
+
 def split_points(model: nn.Module, traced: Traced | None = None) -> list[str]:
     """Module paths (``named_modules`` order, root excluded) valid for ``split``/``cut``.
 
     The implementation of :func:`cut_points`, which can reuse a trace.
     """
     t = traced if traced is not None else trace_model(model)
-    return [name for name, _ in model.named_modules() if name and name in t.calls]
+    return [
+        name
+        for name, mod in model.named_modules()
+        if name and (name in t.calls or iterated_output(t, name, mod) is not None)
+    ]
 
 
 def cut_points(model: nn.Module) -> list[str]:
@@ -379,6 +495,54 @@ def cut_points(model: nn.Module) -> list[str]:
     """
     with operation("cut_points", model=model):
         return split_points(model)
+
+
+_STAGE = re.compile(r"stage:(.*)")
+
+
+def feature_stages(model: nn.Module) -> list[str] | None:
+    """The module names of ``model.feature_info`` (timm's feature levels), or None."""
+    info = getattr(model, "feature_info", None)
+    if info is None:
+        return None
+    if hasattr(info, "get_dicts"):  # timm's FeatureInfo (features_only models)
+        info = info.get_dicts()
+    if not isinstance(info, (list, tuple)):
+        return None
+    names = [d.get("module") if isinstance(d, dict) else None for d in info]
+    if not names or not all(isinstance(n, str) for n in names):
+        return None
+    return names  # type: ignore[return-value]
+
+
+def resolve_stage(model: nn.Module, path: object) -> str | None:
+    """The module path for ``"stage:N"`` (``model.feature_info[N]["module"]``); None otherwise.
+
+    Raises:
+        PathNotFoundError: ``N`` is not a stage index, or the model declares no stages.
+    """
+    if not isinstance(path, str):
+        return None
+    match = _STAGE.fullmatch(path.strip())
+    if match is None:
+        return None
+    stages = feature_stages(model)
+    if stages is None:
+        raise PathNotFoundError(
+            f"{path!r} names a feature stage, but {type(model).__name__} declares none (a "
+            f"'stage:N' path needs timm's model.feature_info); name a module instead: list "
+            f"them with surgery.cut_points(model)",
+            path=path,
+        )
+    text = match.group(1).strip()
+    listing = ", ".join(f"stage:{i} = {name!r}" for i, name in enumerate(stages))
+    if not text.isdigit() or int(text) >= len(stages):
+        raise PathNotFoundError(
+            f"{path!r} names no feature stage of {type(model).__name__}: it has "
+            f"{len(stages)} (model.feature_info): {listing}",
+            path=path,
+        )
+    return stages[int(text)]
 
 
 # --------------------------------------------------------------------------- plan
@@ -425,6 +589,9 @@ def _cut_structure(t: Traced, model: nn.Module, path: str) -> tuple[str, Any]:
                 f"the input, so there is nothing to cut after"
             )
         return name, structure
+    iterated = iterated_output(t, name, model.get_submodule(name))
+    if iterated is not None:
+        return name, iterated
     if isinstance(model, fx.GraphModule):
         # a GraphModule (e.g. a previous cut) calls leaves directly, never their
         # containers: a container's output is its last leaf call, as in torchvision
@@ -453,8 +620,12 @@ def _cut_structure(t: Traced, model: nn.Module, path: str) -> tuple[str, Any]:
     mod = model.get_submodule(name)
     hint = ""
     kids = [k for k, v in mod._modules.items() if v is not None]
-    if kids and isinstance(mod, (nn.ModuleList, nn.ModuleDict)):
-        hint = f"\n  a {type(mod).__name__} is iterated, not called: cut after one of its entries, e.g. {name + '.' + kids[-1]!r}"
+    if kids and isinstance(mod, _CONTAINERS):
+        hint = (
+            f"\n  a {type(mod).__name__} that forward iterates is a cut point only when its "
+            f"entries run one after another, each on the previous one's output; cut after "
+            f"one of its entries, e.g. {name + '.' + kids[-1]!r}"
+        )
     mode = "train" if model.training else "eval"
     raise PathError(
         f"cannot cut at {name!r} ({type(mod).__name__}): {type(model).__name__}.forward never "
@@ -733,7 +904,19 @@ def _context(op: str, model: nn.Module, path: object, e: SurgeryError) -> Surger
     hint = ""
     if getattr(e, "in_forward", False):
         hint = "\n" + _TRY.format(path=str(path))
+    elif isinstance(e, PathNotFoundError) and "cut_points" not in str(e):
+        hint = "\n  list valid cut points with surgery.cut_points(model)"
     return with_prefix(e, head, hint)
+
+
+def _module_path(model: nn.Module, path: object) -> str:
+    """``path`` itself, or the module a ``"stage:N"`` path names (checked)."""
+    if not isinstance(path, (str, Path)):
+        raise ArgumentError(
+            f"path must be a module path string such as 'layer3', got {type(path).__name__}"
+        )
+    stage = resolve_stage(model, path)
+    return stage if stage is not None else str(path)
 
 
 def cut(model: nn.Module, path: str, *, copy: bool = True) -> nn.Module:
@@ -747,16 +930,23 @@ def cut(model: nn.Module, path: str, *, copy: bool = True) -> nn.Module:
     (``"features[:7]"``) cuts after its last member. A path that names no
     module may be a node name of torchvision's ``get_graph_node_names``
     (``"flatten"``, ``"layer1.0.relu_1"``, ``"layer2.0.add"``): the cut is
-    then after that operation. The graph follows the
-    control flow of the model's current mode (``model.training``); modules
-    without children (Dropout, StochasticDepth...) stay live steps that follow
+    then after that operation. A ``ModuleList``/``Sequential`` that forward
+    iterates (``for block in self.blocks: x = block(x)``) is cut after its
+    last entry. ``"stage:N"`` names timm's feature stage ``N``: the module
+    ``model.feature_info[N]["module"]`` (the level ``out_indices=(N,)``
+    returns). :func:`surgery.cut_points` lists the valid module paths. The
+    graph follows the control flow of the model's current mode
+    (``model.training``); optional ``forward`` arguments take their defaults
+    (``mask=None`` is absent, not a given tensor); modules without children
+    (Dropout, StochasticDepth...) and batch norms stay live steps that follow
     the result's mode.
 
     Args:
         model: any traceable ``nn.Module`` (all torchvision classification
-            models, timm models). It is not changed.
+            models, timm models). It is not changed, not even its caches:
+            the trace runs on a copy.
         path: the module to cut after, e.g. ``"layer3"`` or ``"features.6"``
-            (or a torchvision node name, see above).
+            (or a torchvision node name, or ``"stage:2"``, see above).
         copy: copy the parameters and buffers (default), so the result never
             shares them with ``model``; ``copy=False`` shares them on purpose.
 
@@ -765,7 +955,9 @@ def cut(model: nn.Module, path: str, *, copy: bool = True) -> nn.Module:
         returning the output of the module at ``path`` as that module returns it.
 
     Raises:
-        PathSyntaxError, PathNotFoundError: the path is wrong.
+        PathSyntaxError, PathNotFoundError: the path is wrong (for ``"stage:N"``:
+            ``N`` is out of range, or the model has no ``feature_info``; the
+            message lists the stages).
         PathError: forward never calls that module, or calls it inside another
             module's single step (e.g. ``MultiheadAttention.out_proj``).
         TraceError: torch.fx cannot trace the forward code around the cut; the
@@ -782,16 +974,25 @@ def cut(model: nn.Module, path: str, *, copy: bool = True) -> nn.Module:
         torch.Size([2, 512, 1, 1])
         >>> any(p is q for p in body.parameters() for q in m.parameters())
         False
+        >>> import timm
+        >>> t = timm.create_model("resnet18").eval()
+        >>> [f["module"] for f in t.feature_info]
+        ['act1', 'layer1', 'layer2', 'layer3', 'layer4']
+        >>> surgery.cut(t, "stage:2")(torch.randn(1, 3, 64, 64)).shape  # layer2
+        torch.Size([1, 128, 8, 8])
     """
-    _check_copy(copy)
-    try:
-        t = trace_model(model)
-        plan = _plan(t, model, path, with_tail=False)
-        g = _head_graph(plan)
-        objs = _objects(t, [g], copy)
-        return _module(t, g, _roots(t, g, copy, objs), f"{type(model).__name__}Cut", model)
-    except SurgeryError as e:
-        raise _context("cut", model, path, e) from None
+    with operation("cut", model=model, path=path):
+        try:
+            _check_copy(copy)
+            check_model(model, "cut")
+            target = _module_path(model, path)
+            t = trace_model(model)
+            plan = _plan(t, model, target, with_tail=False)
+            g = _head_graph(plan)
+            objs = _objects(t, [g], copy)
+            return _module(t, g, _roots(t, g, copy, objs), f"{type(model).__name__}Cut", model)
+        except SurgeryError as e:
+            raise _context("cut", model, path, e) from None
 
 
 def split(model: nn.Module, path: str, *, copy: bool = True) -> tuple[nn.Module, nn.Module]:
@@ -803,13 +1004,17 @@ def split(model: nn.Module, path: str, *, copy: bool = True) -> tuple[nn.Module,
     ``head(x)`` returns the output of the module at ``path`` when nothing else
     crosses, and ``(output, *carried)`` otherwise; ``tail`` takes that value.
     Cutting after the last module gives a tail that returns its input.
-    Cut points follow :func:`cut` (first call; slices cut after their last
-    member; the model's current mode).
+    Cut points follow :func:`cut` (first call; slices and iterated
+    ``ModuleList``s cut after their last member; ``"stage:N"`` is timm's
+    feature stage ``N``; the model's current mode; optional ``forward``
+    arguments at their defaults); :func:`surgery.cut_points` lists them.
 
     Args:
-        model: any traceable ``nn.Module``; it is not changed.
-        path: the module to split after (any ``named_modules`` path forward
-            calls; not the root).
+        model: any traceable ``nn.Module``; it is not changed (the trace runs
+            on a copy).
+        path: the module to split after (any path of
+            :func:`surgery.cut_points`, a torchvision node name, or
+            ``"stage:N"``; not the root).
         copy: copy parameters and buffers (default): neither part shares them
             with ``model``. Both parts are copied together, so a parameter
             both parts use (tied weights) stays tied between them. With
@@ -819,7 +1024,7 @@ def split(model: nn.Module, path: str, *, copy: bool = True) -> tuple[nn.Module,
         ``(head, tail)``: two ``torch.fx.GraphModule`` in ``model``'s mode.
 
     Raises:
-        ArgumentError: ``path`` is the root.
+        ArgumentError: ``path`` is the root, or ``copy`` is not a bool.
         PathSyntaxError, PathNotFoundError, PathError, TraceError: as for :func:`cut`.
 
     Example:
@@ -837,24 +1042,27 @@ def split(model: nn.Module, path: str, *, copy: bool = True) -> tuple[nn.Module,
         >>> torch.allclose(tail(head(x)), m(x), atol=1e-5)
         True
     """
-    _check_copy(copy)
-    try:
-        if parse_path(path).is_root:
-            raise ArgumentError(
-                "cannot split at the root (path ''): name a module, e.g. "
-                f"{_first_child(model)!r}; use surgery.cut(model, '') for the whole forward"
+    with operation("split", model=model, path=path):
+        try:
+            _check_copy(copy)
+            check_model(model, "split")
+            target = _module_path(model, path)
+            if parse_path(target).is_root:
+                raise ArgumentError(
+                    "cannot split at the root (path ''): name a module, e.g. "
+                    f"{_first_child(model)!r}; use surgery.cut(model, '') for the whole forward"
+                )
+            t = trace_model(model)
+            plan = _plan(t, model, target, with_tail=True)
+            hg, tg = _head_graph(plan), _tail_graph(plan)
+            objs = _objects(t, [hg, tg], copy)
+            cls = type(model).__name__
+            return (
+                _module(t, hg, _roots(t, hg, copy, objs), f"{cls}Head", model),
+                _module(t, tg, _roots(t, tg, copy, objs), f"{cls}Tail", model),
             )
-        t = trace_model(model)
-        plan = _plan(t, model, path, with_tail=True)
-        hg, tg = _head_graph(plan), _tail_graph(plan)
-        objs = _objects(t, [hg, tg], copy)
-        cls = type(model).__name__
-        return (
-            _module(t, hg, _roots(t, hg, copy, objs), f"{cls}Head", model),
-            _module(t, tg, _roots(t, tg, copy, objs), f"{cls}Tail", model),
-        )
-    except SurgeryError as e:
-        raise _context("split", model, path, e) from None
+        except SurgeryError as e:
+            raise _context("split", model, path, e) from None
 
 
 def _first_child(model: nn.Module) -> str:
