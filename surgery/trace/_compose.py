@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._boundary import operation
 from .._errors import ArgumentError, ShapeMismatchError, SurgeryError
 from ..paths._grammar import Path
 from ..paths._resolve import resolve
@@ -59,6 +60,11 @@ def take(model: nn.Module, path: str | Path, *, copy: bool = True) -> nn.Module:
         >>> surgery.take(resnet, "layer3", copy=False) is resnet.layer3
         True
     """
+    with operation("take", model=model, path=path):
+        return _take(model, path, copy=copy)
+
+
+def _take(model: nn.Module, path: str | Path, *, copy: bool = True) -> nn.Module:
     _check_copy(copy)
     module = resolve(model, path).module
     return copy_objects({"m": module})["m"] if copy else module
@@ -156,6 +162,16 @@ def compose(
         ...
         surgery._errors.ShapeMismatchError: compose: parts do not fit at 'a -> b': ...
     """
+    with operation("compose", model=None):
+        return _compose(input_size=input_size, copy=copy, **parts)
+
+
+def _compose(
+    *,
+    input_size: Any = None,
+    copy: bool = True,
+    **parts: nn.Module | tuple[nn.Module, str],
+) -> nn.Sequential:
     _check_copy(copy)
     if not parts:
         raise ArgumentError(f"compose() needs at least one part; {_PART_HELP}")

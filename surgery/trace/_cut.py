@@ -494,6 +494,7 @@ def cut_points(model: nn.Module) -> list[str]:
         (['conv1', 'bn1', 'relu', 'maxpool', 'layer1'], 'fc', 67)
     """
     with operation("cut_points", model=model):
+        check_model(model, "cut_points")
         return split_points(model)
 
 

@@ -115,31 +115,43 @@ def copy_attribute(value: Any, memo: dict[int, Any]) -> Any:
         return value
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def normalize_input_size(input_size: Any) -> list[tuple[int, ...]]:
-    """``(1, 3, 224, 224)`` -> ``[(1, 3, 224, 224)]``; a list of tuples stays a list."""
+    """``(1, 3, 224, 224)`` -> ``[(1, 3, 224, 224)]``; a list of tuples stays a list.
+
+    Raises:
+        ArgumentError: not a shape (or list of shapes) of positive ints; the
+            message names the bad dimension.
+    """
+    sizes: list[tuple[int, ...]] | None = None
     if isinstance(input_size, torch.Size):
-        return [tuple(input_size)]
-    if (
-        isinstance(input_size, Sequence)
-        and input_size
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in input_size)
-    ):
-        return [tuple(int(v) for v in input_size)]
-    if (
+        sizes = [tuple(input_size)]
+    elif isinstance(input_size, Sequence) and input_size and all(map(_is_int, input_size)):
+        sizes = [tuple(int(v) for v in input_size)]
+    elif (
         isinstance(input_size, Sequence)
         and input_size
         and all(
-            isinstance(s, (Sequence, torch.Size))
-            and s
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in s)
-            for s in input_size
+            isinstance(s, (Sequence, torch.Size)) and s and all(map(_is_int, s)) for s in input_size
         )
     ):
-        return [tuple(int(v) for v in s) for s in input_size]
-    raise ArgumentError(
-        f"input_size must be a tuple of ints such as (1, 3, 224, 224) or a list of such "
-        f"tuples, got {input_size!r}"
-    )
+        sizes = [tuple(int(v) for v in s) for s in input_size]
+    if sizes is None:
+        raise ArgumentError(
+            f"input_size must be a tuple of ints such as (1, 3, 224, 224) or a list of such "
+            f"tuples, got {input_size!r}"
+        )
+    for shape in sizes:
+        for dim, v in enumerate(shape):
+            if v < 1:
+                raise ArgumentError(
+                    f"input_size {shape!r} has size {v} at dimension {dim}: every size must be "
+                    f"a positive int, e.g. (1, 3, 224, 224) for one 224x224 RGB image"
+                )
+    return sizes
 
 
 def meta_inputs(input_size: Any, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._boundary import operation
 from .._errors import ArgumentError, SurgeryError
 from ..paths._resolve import check_model, module_paths
 from ._meta import eval_mode, meta_copy, meta_inputs
@@ -192,6 +193,11 @@ def tree(model: nn.Module, *, depth: int | None = None, input_size: Any = None) 
         >>> t.total
         11689512
     """
+    with operation("tree", model=model):
+        return _tree(model, depth=depth, input_size=input_size)
+
+
+def _tree(model: nn.Module, *, depth: int | None = None, input_size: Any = None) -> ModelTree:
     check_model(model, "tree")
     if depth is not None and (not isinstance(depth, int) or depth < 0):
         raise ArgumentError(f"depth must be a non-negative int or None, got {depth!r}")

@@ -27,6 +27,7 @@ from torch import nn
 from torchinfo import ModelStatistics
 from torchinfo import summary as _torchinfo_summary
 
+from .._boundary import operation
 from .._errors import ArgumentError, SurgeryError, VerificationError
 from ..paths._resolve import check_model
 from ._meta import (
@@ -116,11 +117,21 @@ def summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -
         >>> m.conv1.weight.device.type
         'cpu'
     """
+    with operation("summary", model=model):
+        return _summary(model, input_size, **torchinfo_kwargs)
+
+
+def _summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -> ModelStatistics:
     check_model(model, "summary")
+    if input_size is not None:
+        normalize_input_size(input_size)  # checked here: torchinfo's errors are raw
     kwargs = dict(torchinfo_kwargs)
     kwargs.setdefault("verbose", 0)
     device = kwargs.pop("device", None)
-    target = torch.device(device) if device is not None else torch.device("meta")
+    try:
+        target = torch.device(device) if device is not None else torch.device("meta")
+    except (RuntimeError, TypeError) as exc:
+        raise ArgumentError(f"device {device!r} is not a torch device: {exc}") from None
     if target.type == "meta":
         if kwargs.get("input_data") is not None:
             kwargs["input_data"] = _to_meta(kwargs["input_data"])
@@ -516,6 +527,26 @@ def verify(
           output_shape: expected (1, 10), got (1, 1000)
           trainable_params: expected 0, got 11,689,512 (difference +11,689,512)
     """
+    with operation("verify", model=model):
+        return _verify(
+            model,
+            input_size,
+            output_shape=output_shape,
+            total_params=total_params,
+            trainable_params=trainable_params,
+            dtypes=dtypes,
+        )
+
+
+def _verify(
+    model: nn.Module,
+    input_size: Any,
+    *,
+    output_shape: Any = None,
+    total_params: int | None = None,
+    trainable_params: int | None = None,
+    dtypes: Sequence[torch.dtype] | None = None,
+) -> ModelStatistics:
     check_model(model, "verify")
     sizes = normalize_input_size(input_size)
     expected_shape = _normalize_shape(output_shape) if output_shape is not None else None

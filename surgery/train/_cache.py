@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from .._boundary import operation, user_call
 from .._errors import ArgumentError, StaleCacheError, SurgeryWarning
 from ..trace._meta import eval_mode
 from ._fingerprint import (
@@ -449,7 +450,10 @@ def precompute(
 
     Raises:
         ArgumentError: a bad argument, empty data, items that are not ``input``
-            or ``(input, target)``, or a body that does not return one tensor.
+            or ``(input, target)``, a body that does not return one tensor, or
+            a body that fails on the data (the message names the batch index
+            and the input shape; the original exception is the ``__cause__``).
+            ``body`` is unchanged (modes and device restored).
 
     Warns:
         SurgeryWarning: two reads of the same item differ (random augmentation):
@@ -468,6 +472,21 @@ def precompute(
         ...     torch.allclose(features, m.eval()(data[3][0][None])[0], atol=1e-5)
         True
     """
+    with operation("precompute", model=body):
+        return _precompute(
+            body, data, batch_size=batch_size, cache_dir=cache_dir, device=device, progress=progress
+        )
+
+
+def _precompute(
+    body: nn.Module,
+    data: Any,
+    *,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> FeatureCache:
     if not isinstance(body, nn.Module):
         raise ArgumentError(f"body must be an nn.Module, got {type(body).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -492,7 +511,7 @@ def precompute(
 
     first = None
     if sized:
-        first = dataset[0]
+        first = user_call(dataset.__getitem__, 0, what="reading data[0]", error=ArgumentError)
         _split(first, "each item")
         if not _same(first, dataset[0]):
             warnings.warn(
@@ -566,11 +585,17 @@ def _run(
                 unit="batch",
                 leave=False,
             )
-            for batch in bar:
+            for index, batch in enumerate(bar):
                 x, y = _split(batch, "each batch")
                 if labelled is None:
                     labelled = y is not None
-                out = body(x.to(device, non_blocking=True))
+                out = user_call(
+                    body,
+                    x.to(device, non_blocking=True),
+                    what=f"{type(body).__name__} on batch {index} (inputs of shape "
+                    f"{tuple(x.shape)}, {str(x.dtype).removeprefix('torch.')})",
+                    error=ArgumentError,
+                )
                 if not isinstance(out, torch.Tensor):
                     raise ArgumentError(
                         f"body must return one tensor, got {type(out).__name__}; wrap it so "
