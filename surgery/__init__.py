@@ -36,12 +36,15 @@ from .edit._heads import adapt_input, create_head, replace_head
 from .paths._grammar import Path, parse_path
 from .paths._resolve import find, get
 from .trace._compose import compose, take
-from .trace._cut import cut, cut_points, split
+from .trace._cut import cut, split
+from .trace._points import cut_points
+from .trace._summary import summary
 from .trace._tree import ModelTree, TreeRow, tree
-from .trace._verify import summary, verify
-from .train._cache import FeatureCache, precompute
+from .trace._verify import verify
+from .train._cache import FeatureCache
 from .train._freeze import TrainableReport, TrainableRow, freeze, freeze_to, trainable, unfreeze
 from .train._groups import layer_groups, param_groups
+from .train._precompute import precompute
 
 __version__ = "0.1.0"
 

@@ -27,8 +27,8 @@ from torch import nn
 
 from ._errors import ArgumentError
 from .trace._cut import split
-from .trace._cut import split_points as _split_points
 from .trace._meta import eval_mode
+from .trace._points import split_points as _split_points
 
 if TYPE_CHECKING:  # pragma: no cover
     from hypothesis.strategies import SearchStrategy

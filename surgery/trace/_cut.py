@@ -2,13 +2,11 @@
 
 The engine has three steps, as everywhere in `surgery`:
 
-1. **trace** the model's own ``forward`` once (:func:`trace`), recording the
-   output of every module call. Modules from ``torch.nn``, modules without
-   children (``Dropout``, ``StochasticDepth``, ``DropPath``...: their
-   train/eval behaviour stays live) and torchvision's/timm's registered leaves
-   are called as opaque steps; a submodule whose ``forward`` cannot be traced
-   is found from the failure and becomes an opaque step too, so only the code
-   that surrounds the cut must be traceable;
+1. **trace** the model's own ``forward`` once, on a copy
+   (:func:`surgery.trace._fx.trace_model`), recording the output of every
+   module call; untraceable submodules become opaque steps, so only the code
+   that surrounds the cut must be traceable; the cut node is found by
+   :func:`surgery.trace._points.cut_structure`;
 2. **plan**: the cut node is the output of the module's first call; the head
    is everything that value needs, the tail everything else the output needs,
    and the values the tail needs from the head (skip connections, the input)
@@ -23,15 +21,9 @@ The caller's model is never modified: not its modes, not its attributes
 from __future__ import annotations
 
 import copy as _copy
-import functools
-import inspect
-import itertools
-import math
 import operator
-import re
-import sys
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,30 +31,20 @@ import torch.fx as fx
 from torch import nn
 
 from .._boundary import operation
-from .._errors import ArgumentError, PathError, PathNotFoundError, SurgeryError, TraceError
+from .._errors import ArgumentError, PathNotFoundError, SurgeryError
 from ..paths._grammar import Path, parse_path
-from ..paths._resolve import check_model, resolve
-from ._meta import structural_copy
+from ..paths._resolve import check_model
+from ._fx import Traced, fetch, leaves_of, signature_of, trace, trace_model
+from ._points import cut_structure, resolve_stage, split_points
 
 __all__ = [
-    "Traced",
-    "batch_norm_step",
-    "concrete_defaults",
     "copy_objects",
     "cut",
-    "cut_points",
-    "feature_stages",
-    "iterated_output",
-    "resolve_stage",
     "split",
-    "split_points",
-    "trace",
-    "trace_model",
+    "split_points",  # re-exported: defined in _points
+    "trace",  # re-exported: defined in _fx (edit/_heads imports it from here)
     "with_prefix",
 ]
-
-_MAX_RETRIES = 32
-_FX_SUFFIX = re.compile(r".+_[0-9]+$")
 
 _TRY = (
     "  try: surgery.take(model, {path!r}) for the module itself (without the forward code "
@@ -72,572 +54,7 @@ _TRY = (
 )
 
 
-# --------------------------------------------------------------------------- trace
-
-
-def _default_leaf_types() -> tuple[type, ...]:
-    """Leaf module classes that timm registers for fx (only when timm is loaded).
-
-    torchvision's list (every class in ``torchvision.ops``) is not used: it would
-    hide ``Conv2dNormActivation``/``MLP`` internals from cuts; untraceable ops
-    modules become opaque steps on their own.
-    """
-    timm_fx = sys.modules.get("timm.layers._fx")
-    if timm_fx is None:  # only when the user's model came from timm
-        return ()
-    try:
-        found = timm_fx.get_notrace_modules()
-    except Exception:  # pragma: no cover - private API moved
-        return ()
-    # timm's norm + activation layers (BatchNormAct2d...) are traced through: their
-    # drop/act children are module calls (see _norm_act_forward)
-    return tuple(t for t in found if isinstance(t, type) and t.__module__ != "timm.layers.norm_act")
-
-
-def _torch_norm_class(cls: type) -> type | None:
-    """The ``torch.nn`` batch-norm class a norm + activation layer derives from, if any."""
-    if cls.__module__.startswith("torch.nn"):
-        return None
-    for base in cls.__mro__[1:]:
-        if issubclass(base, nn.modules.batchnorm._BatchNorm) and base.__module__.startswith(
-            "torch.nn"
-        ):
-            return base
-    return None
-
-
-def batch_norm_step(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The normalization of a norm + activation layer (timm's ``BatchNormAct2d``).
-
-    Runs ``torch.nn``'s own batch-norm ``forward`` on ``module``, so the step
-    follows the module's train/eval mode when the graph runs; the layer's
-    ``drop`` and ``act`` children are separate module calls (cut points).
-    """
-    base = _torch_norm_class(type(module))
-    assert base is not None  # only traced for such classes
-    return base.forward(module, x)  # type: ignore[attr-defined,no-any-return]
-
-
-def _norm_act_forward(tracer: fx.Tracer, m: nn.Module) -> Callable[..., Any] | None:
-    """A traceable forward for a batch norm with ``drop``/``act`` children, or None."""
-    if _torch_norm_class(type(m)) is None or "act" not in m._modules:
-        return None
-
-    def forward(x: Any) -> Any:
-        y = tracer.create_proxy("call_function", batch_norm_step, (m, x), {})
-        for child in ("drop", "act"):
-            if m._modules.get(child) is not None:
-                y = getattr(m, child)(y)
-        return y
-
-    return forward
-
-
-def _autowrap_functions() -> tuple[Callable[..., Any], ...]:
-    timm_fx = sys.modules.get("timm.layers._fx")
-    if timm_fx is None:
-        return ()
-    try:
-        return tuple(f for f in timm_fx.get_notrace_functions() if callable(f))
-    except Exception:  # pragma: no cover
-        return ()
-
-
-def _autowrap_modules() -> tuple[Any, ...]:
-    import torchvision
-
-    return (math, torchvision.ops)
-
-
-def _to_nodes(value: Any) -> Any:
-    return fx.node.map_aggregate(value, lambda a: a.node if isinstance(a, fx.Proxy) else a)
-
-
-class _Tracer(fx.Tracer):
-    """An fx tracer that records every module call's output and the innermost failure."""
-
-    def __init__(self, leaves: frozenset[str], leaf_types: tuple[type, ...]) -> None:
-        super().__init__(
-            autowrap_modules=_autowrap_modules(), autowrap_functions=_autowrap_functions()
-        )
-        self.leaves = leaves
-        self.leaf_types = leaf_types
-        self.calls: dict[str, list[Any]] = {}
-        self.failed: str | None = None
-        self.failure: BaseException | None = None
-        self.names: dict[str, fx.Node] = {}  # torchvision-style node names
-        self._counts: dict[str, int] = {}
-
-    def create_proxy(
-        self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **options: Any
-    ) -> fx.Proxy:
-        proxy = super().create_proxy(kind, target, args, kwargs, *rest, **options)
-        node = proxy.node
-        # the naming of torchvision's NodePathTracer: scope path + op name, with a
-        # counter per name within its scope ("layer1.0.relu", then "layer1.0.relu_1")
-        scope = next(reversed(self.module_stack.values()))[0] if self.module_stack else ""
-        name = scope
-        if node.op != "call_module":
-            name = f"{scope}.{node.name}" if scope else node.name
-        if _FX_SUFFIX.match(name):
-            name = name.rsplit("_", 1)[0]
-        count = self._counts.get(name)
-        self._counts[name] = 0 if count is None else count + 1
-        self.names[name if count is None else f"{name}_{count + 1}"] = node
-        return proxy
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name in self.leaves or isinstance(m, self.leaf_types):
-            return True
-        if isinstance(m, nn.Sequential):
-            return False
-        if not m._modules:  # childless: keeps Dropout-like train/eval behaviour live
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
-
-    def call_module(
-        self,
-        m: nn.Module,
-        forward: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        path = self.path_of_module(m)
-        if len(args) == 1 and not kwargs and not self.is_leaf_module(m, path):
-            forward = _norm_act_forward(self, m) or forward
-        try:
-            out = super().call_module(m, forward, args, kwargs)
-        except Exception as e:
-            if self.failed is None:
-                self.failed, self.failure = path, e
-            raise
-        self.calls.setdefault(path, []).append(_to_nodes(out))
-        return out
-
-
-@dataclass
-class Traced:
-    """A traced model: its graph and where each module call's output lives.
-
-    Attributes:
-        graph: the ``torch.fx.Graph`` of the whole forward.
-        calls: module path -> the output of each call, in call order, as the
-            module returned it with ``fx.Node`` in place of tensors.
-        leaves: paths called as opaque steps (``call_module`` nodes).
-        opaque: paths made opaque because their ``forward`` could not be traced,
-            with the reason.
-        attrs: constants ``torch.fx`` stowed on the root (``_tensor_constant0``...).
-        names: torchvision-style node names (``"layer1.0.relu_1"``, ``"flatten"``),
-            as ``get_graph_node_names`` gives them, -> node.
-    """
-
-    model: nn.Module
-    graph: fx.Graph
-    calls: dict[str, list[Any]]
-    leaves: set[str]
-    opaque: dict[str, str] = field(default_factory=dict)
-    attrs: dict[str, Any] = field(default_factory=dict)
-    names: dict[str, fx.Node] = field(default_factory=dict)
-
-    def index(self) -> dict[fx.Node, int]:
-        order = self.__dict__.get("_order")
-        if order is None:
-            order = self.__dict__["_order"] = {n: i for i, n in enumerate(self.graph.nodes)}
-        return order  # type: ignore[no-any-return]
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
-
-
-_BASE_DEFAULTS = (type(None), bool, int, float, str)
-
-
-def concrete_defaults(model: nn.Module) -> dict[str, Any]:
-    """The optional arguments of ``model.forward`` that tracing fixes to their defaults.
-
-    Every parameter after the first whose default is ``None`` or a plain
-    ``bool``/``int``/``float``/``str`` (``mask=None``, ``return_loss=False``):
-    ``model(x)`` runs with those values, so the traced graph does too, instead
-    of treating ``mask`` as a given tensor.
-    """
-    sig = _signature(type(model).forward)
-    if sig is None:
-        return {}
-    params = [p for p in sig.parameters.values() if p.name != "self"]
-    fixed: dict[str, Any] = {}
-    for p in params[1:]:
-        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-            continue
-        if p.default is not p.empty and type(p.default) in _BASE_DEFAULTS:
-            fixed[p.name] = p.default
-    return fixed
-
-
-def _drop_fixed_placeholders(graph: fx.Graph, fixed: dict[str, Any]) -> None:
-    """Remove the placeholders (and fx's checks on them) of arguments fixed to defaults."""
-    if not fixed:
-        return
-    for n in list(graph.nodes):
-        if n.op != "placeholder":
-            continue
-        base = str(n.target).rsplit("_", 1)[0]
-        if base not in fixed or n.target == base:
-            continue
-        for user in list(n.users):
-            if user.op == "call_function" and not user.users and user.target in _CHECKS:
-                graph.erase_node(user)
-        if not n.users:
-            graph.erase_node(n)
-
-
-_CHECKS: tuple[Any, ...] = (torch._assert, getattr(fx._symbolic_trace, "_assert_is_none", None))
-
-
-def trace_model(model: nn.Module) -> Traced:
-    """Trace a structural copy of ``model``; untraceable submodules become opaque steps.
-
-    The single entry point of tracing in `surgery`. The caller's model is never
-    touched: the trace runs on :func:`structural_copy` (fresh module objects
-    sharing the tensors), so whatever forward writes into the model while it
-    is traced (timm's ``attention_bias_cache``, fx's stowed constants) lands
-    in the copy. Optional arguments are fixed to their defaults
-    (:func:`concrete_defaults`). ``Traced.model`` is the caller's model: the
-    graph's targets are paths into it.
-
-    Raises:
-        TraceError: the failure is in the model's own ``forward`` (outside every
-            submodule), or retrying did not converge.
-    """
-    check_model(model, "tracing")
-    leaf_types = _default_leaf_types()
-    fixed = concrete_defaults(model)
-    opaque: dict[str, str] = {}
-    for _ in range(_MAX_RETRIES):
-        tracer = _Tracer(frozenset(opaque), leaf_types)
-        work = structural_copy(model)
-        before = set(work.__dict__)
-        try:
-            graph = tracer.trace(work, concrete_args=fixed or None)
-        except Exception as e:
-            path = tracer.failed
-            reason = _reason(tracer.failure if tracer.failure is not None else e)
-            if not path or path in opaque:
-                err = TraceError(
-                    f"torch.fx cannot trace {type(model).__name__}.forward ({reason}); the "
-                    f"problem is in the model's own forward, outside every submodule"
-                )
-                err.in_forward = True  # type: ignore[attr-defined]
-                raise err from None
-            opaque[path] = reason
-            continue
-        stowed = {k: work.__dict__[k] for k in set(work.__dict__) - before}
-        _drop_fixed_placeholders(graph, fixed)
-        alive = set(graph.nodes)
-        names = {k: n for k, n in tracer.names.items() if n in alive}
-        leaves = {n.target for n in graph.nodes if n.op == "call_module"}
-        return Traced(model, graph, tracer.calls, leaves, opaque, stowed, names)  # type: ignore[arg-type]
-    raise TraceError(  # pragma: no cover - pathological
-        f"torch.fx cannot trace {type(model).__name__}: more than {_MAX_RETRIES} submodules "
-        f"fail to trace ({', '.join(opaque)})"
-    )
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Trace ``model``'s forward into a ``GraphModule`` that shares its modules.
-
-    An internal helper for other parts of `surgery` (head discovery): no copy is
-    made, and the model is not changed. ``torch.nn`` modules and modules without
-    children are ``call_module`` nodes whose ``target`` is the module path;
-    every node carries torch.fx's ``meta["nn_module_stack"]`` (the module paths
-    being executed when it was created, outermost first).
-    ``gm.meta["surgery_calls"]`` maps each module path to the output of each of
-    its calls (``fx.Node`` in place of tensors); ``gm.meta["surgery_opaque"]``
-    maps submodules that could not be traced (called as opaque steps) to the
-    reason; ``gm.meta["surgery_names"]`` maps torchvision-style node names
-    (``"layer1.0.relu_1"``) to nodes.
-
-    Raises:
-        TraceError: the model's own forward is not traceable.
-
-    Example:
-        >>> import torchvision
-        >>> from surgery.trace._cut import trace
-        >>> gm = trace(torchvision.models.resnet18(weights=None))
-        >>> [n.target for n in gm.graph.nodes if n.op == "call_module"][-2:]
-        ['avgpool', 'fc']
-        >>> gm.meta["surgery_calls"]["fc"][0].name
-        'fc'
-    """
-    t = trace_model(model)
-    roots: dict[str, Any] = {}
-    for n in t.graph.nodes:
-        if n.op in ("call_module", "get_attr"):
-            roots[n.target] = _fetch(t, n.target)
-    gm = fx.GraphModule(roots, t.graph, class_name=type(model).__name__)
-    gm.training = model.training
-    gm.meta["surgery_calls"] = t.calls
-    gm.meta["surgery_opaque"] = dict(t.opaque)
-    gm.meta["surgery_names"] = dict(t.names)
-    return gm
-
-
-def _fetch(t: Traced, target: str) -> Any:
-    if target in t.attrs:
-        return t.attrs[target]
-    return functools.reduce(getattr, target.split("."), t.model)
-
-
-_CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
-
-
-def iterated_output(t: Traced, name: str, module: nn.Module) -> Any:
-    """The output of a container that forward iterates rather than calls, or None.
-
-    A ``ModuleList``/``Sequential``/``ModuleDict`` whose entries are each called
-    once, in order, each one on what the previous one computed (``for block in
-    self.blocks: x = block(x)``), has a natural cut point after its last entry:
-    its output is the last entry's. Entries may be iterated containers too.
-    None when the container is not iterated that way (entries used apart, or
-    not all called).
-    """
-    if name in t.calls or not isinstance(module, _CONTAINERS):
-        return None
-    entries = [(k, v) for k, v in module._modules.items() if v is not None]
-    if not entries:
-        return None
-    outs: list[list[fx.Node]] = []
-    for key, entry in entries:
-        path = f"{name}.{key}" if name else key
-        calls = t.calls.get(path)
-        if calls is not None:
-            if len(calls) != 1:
-                return None
-            value = calls[0]
-        else:
-            value = iterated_output(t, path, entry)
-            if value is None:
-                return None
-        nodes = _leaves_of(value)
-        if not nodes:
-            return None
-        outs.append(nodes)
-    order = t.index()
-    for before, after in itertools.pairwise(outs):
-        if not _reaches(before, after, order):
-            return None
-    key, entry = entries[-1]
-    last = f"{name}.{key}" if name else key
-    return t.calls[last][0] if last in t.calls else iterated_output(t, last, entry)
-
-
-def _reaches(sources: list[fx.Node], targets: list[fx.Node], order: dict[fx.Node, int]) -> bool:
-    """Whether some target node is computed from (after) one of ``sources``."""
-    wanted = set(sources)
-    low = min(order[n] for n in sources)
-    stack = [n for n in targets if order[n] > max(order[s] for s in sources)]
-    seen: set[fx.Node] = set()
-    while stack:
-        n = stack.pop()
-        if n in wanted:
-            return True
-        if n in seen or order[n] < low:
-            continue
-        seen.add(n)
-        stack.extend(n.all_input_nodes)
-    return False
-
-
-def split_points(model: nn.Module, traced: Traced | None = None) -> list[str]:
-    """Module paths (``named_modules`` order, root excluded) valid for ``split``/``cut``.
-
-    The implementation of :func:`cut_points`, which can reuse a trace.
-    """
-    t = traced if traced is not None else trace_model(model)
-    return [
-        name
-        for name, mod in model.named_modules()
-        if name and (name in t.calls or iterated_output(t, name, mod) is not None)
-    ]
-
-
-def cut_points(model: nn.Module) -> list[str]:
-    """Every module path valid for :func:`surgery.cut` / :func:`surgery.split`, in order.
-
-    The discovery function beside the action, as torchvision's
-    ``get_graph_node_names`` sits beside ``create_feature_extractor``. These
-    are the modules that ``forward`` calls (directly or inside traced code),
-    in ``named_modules`` order, the root excluded, plus containers
-    (``ModuleList``, ``Sequential``, ``ModuleDict``) that forward iterates
-    entry after entry (the cut is after their last entry). Left out: modules
-    never called (an auxiliary head that only runs in train mode) and modules
-    inside another module's single step (``MultiheadAttention.out_proj``).
-    The model is traced on a copy and not changed. Besides these paths,
-    ``cut``/``split`` accept torchvision's node names and, for timm models,
-    ``"stage:N"``.
-
-    Args:
-        model: any traceable ``nn.Module``.
-
-    Returns:
-        The list of paths.
-
-    Raises:
-        TraceError: the model's forward cannot be traced.
-
-    Example:
-        >>> import torchvision, surgery
-        >>> points = surgery.cut_points(torchvision.models.resnet18(weights=None))
-        >>> points[:5], points[-1], len(points)
-        (['conv1', 'bn1', 'relu', 'maxpool', 'layer1'], 'fc', 67)
-    """
-    with operation("cut_points", model=model):
-        check_model(model, "cut_points")
-        return split_points(model)
-
-
-_STAGE = re.compile(r"stage:(.*)")
-
-
-def feature_stages(model: nn.Module) -> list[str] | None:
-    """The module names of ``model.feature_info`` (timm's feature levels), or None."""
-    info = getattr(model, "feature_info", None)
-    if info is None:
-        return None
-    if hasattr(info, "get_dicts"):  # timm's FeatureInfo (features_only models)
-        info = info.get_dicts()
-    if not isinstance(info, (list, tuple)):
-        return None
-    names = [d.get("module") if isinstance(d, dict) else None for d in info]
-    if not names or not all(isinstance(n, str) for n in names):
-        return None
-    return names  # type: ignore[return-value]
-
-
-def resolve_stage(model: nn.Module, path: object) -> str | None:
-    """The module path for ``"stage:N"`` (``model.feature_info[N]["module"]``); None otherwise.
-
-    Raises:
-        PathNotFoundError: ``N`` is not a stage index, or the model declares no stages.
-    """
-    if not isinstance(path, str):
-        return None
-    match = _STAGE.fullmatch(path.strip())
-    if match is None:
-        return None
-    stages = feature_stages(model)
-    if stages is None:
-        raise PathNotFoundError(
-            f"{path!r} names a feature stage, but {type(model).__name__} declares none (a "
-            f"'stage:N' path needs timm's model.feature_info); name a module instead: list "
-            f"them with surgery.cut_points(model)",
-            path=path,
-        )
-    text = match.group(1).strip()
-    listing = ", ".join(f"stage:{i} = {name!r}" for i, name in enumerate(stages))
-    if not text.isdigit() or int(text) >= len(stages):
-        raise PathNotFoundError(
-            f"{path!r} names no feature stage of {type(model).__name__}: it has "
-            f"{len(stages)} (model.feature_info): {listing}",
-            path=path,
-        )
-    return stages[int(text)]
-
-
 # --------------------------------------------------------------------------- plan
-
-
-def _leaves_of(structure: Any) -> list[fx.Node]:
-    found: list[fx.Node] = []
-
-    def add(n: fx.Node) -> fx.Node:
-        found.append(n)
-        return n
-
-    fx.node.map_arg(structure, add)
-    return found
-
-
-def _cut_structure(t: Traced, model: nn.Module, path: str) -> tuple[str, Any]:
-    """The canonical path and the output structure of its first call.
-
-    A path that names no module may be a torchvision node name (``"flatten"``,
-    ``"layer1.0.relu_1"``, ``"layer1.0.add"``): the cut is then after that node.
-    """
-    try:
-        target = resolve(model, path)
-    except PathNotFoundError:
-        node = t.names.get(str(path))
-        if node is None or node.op == "placeholder":
-            raise
-        return str(path), node
-    name = target.name
-    if target.is_slice:
-        members = target.member_names()
-        if not members:
-            raise ArgumentError(f"the slice {path!r} is empty: there is nothing to cut after")
-        name = members[-1]
-    if name == "":
-        return "", _leaves_of_output(t)
-    outs = t.calls.get(name)
-    if outs:
-        structure = outs[0]
-        if not _leaves_of(structure):
-            raise ArgumentError(
-                f"{name!r} ({type(target.module).__name__}) returns no tensor computed from "
-                f"the input, so there is nothing to cut after"
-            )
-        return name, structure
-    iterated = iterated_output(t, name, model.get_submodule(name))
-    if iterated is not None:
-        return name, iterated
-    if isinstance(model, fx.GraphModule):
-        # a GraphModule (e.g. a previous cut) calls leaves directly, never their
-        # containers: a container's output is its last leaf call, as in torchvision
-        inner = [
-            n
-            for n in t.graph.nodes
-            if n.op == "call_module" and str(n.target).startswith(name + ".")
-        ]
-        if inner:
-            return name, inner[-1]
-    # explain why this module has no output of its own
-    for opaque, reason in t.opaque.items():
-        if name.startswith(opaque + "."):
-            raise TraceError(
-                f"cannot cut inside {opaque!r}: torch.fx cannot trace its forward ({reason}), "
-                f"so it runs as one opaque step.\n  cut at {opaque!r} or outside it instead"
-            )
-    for leaf in sorted(t.leaves, key=len):
-        if name.startswith(leaf + "."):
-            mod = model.get_submodule(leaf)
-            raise PathError(
-                f"cannot cut at {name!r}: it runs inside {leaf!r} ({type(mod).__name__}), "
-                f"whose forward is one step, not a sequence of module calls.\n"
-                f"  cut at {leaf!r} instead"
-            )
-    mod = model.get_submodule(name)
-    hint = ""
-    kids = [k for k, v in mod._modules.items() if v is not None]
-    if kids and isinstance(mod, _CONTAINERS):
-        hint = (
-            f"\n  a {type(mod).__name__} that forward iterates is a cut point only when its "
-            f"entries run one after another, each on the previous one's output; cut after "
-            f"one of its entries, e.g. {name + '.' + kids[-1]!r}"
-        )
-    mode = "train" if model.training else "eval"
-    raise PathError(
-        f"cannot cut at {name!r} ({type(mod).__name__}): {type(model).__name__}.forward never "
-        f"calls it (in {mode} mode){hint}\n"
-        f"  list valid cut points with surgery.cut_points(model)"
-    )
-
-
-def _leaves_of_output(t: Traced) -> Any:
-    out = next(n for n in reversed(t.graph.nodes) if n.op == "output")
-    return out.args[0]
 
 
 _INPLACE_FUNCS = {
@@ -658,19 +75,11 @@ _INPLACE_FUNCS = {
 }
 
 
-@functools.lru_cache(maxsize=256)
-def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
-    try:
-        return inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None
-
-
 def _inplace_kwarg(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     if kwargs.get("inplace") is True:
         return True
     try:
-        sig = _signature(fn)
+        sig = signature_of(fn)
     except TypeError:  # unhashable callable
         return False
     if sig is None or "inplace" not in sig.parameters:
@@ -700,7 +109,7 @@ def _mutated(node: fx.Node, model: nn.Module, t: Traced) -> fx.Node | None:
         if _inplace_kwarg(fn, node.args, dict(node.kwargs)):
             return first
     elif node.op == "call_module":
-        mod = _fetch(t, str(node.target))
+        mod = fetch(t, str(node.target))
         if getattr(mod, "inplace", False) is True:
             return first
     return None
@@ -748,11 +157,11 @@ class _Plan:
 
 
 def _plan(t: Traced, model: nn.Module, path: str, *, with_tail: bool) -> _Plan:
-    name, structure = _cut_structure(t, model, path)
+    name, structure = cut_structure(t, model, path)
     order = t.index()
     nodes = list(t.graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
-    outs = _leaves_of(structure)
+    outs = leaves_of(structure)
     cut_at = max(order[n] for n in outs)
     mutations = [(n, v) for n in nodes if (v := _mutated(n, model, t)) is not None]
     head, _ = _collect(
@@ -802,7 +211,7 @@ def _roots(t: Traced, graph: fx.Graph, copy: bool, memo_objs: dict[str, Any]) ->
     roots: dict[str, Any] = {}
     for n in graph.nodes:
         if n.op in ("call_module", "get_attr"):
-            roots[n.target] = memo_objs[n.target] if copy else _fetch(t, n.target)
+            roots[n.target] = memo_objs[n.target] if copy else fetch(t, n.target)
     return roots
 
 
@@ -820,7 +229,7 @@ def _head_graph(plan: _Plan) -> fx.Graph:
             env[n] = g.node_copy(n)
     _copy_graph(plan.traced, plan.head, env, g)
     result = fx.node.map_arg(plan.structure, lambda a: env[a])
-    extras = [n for n in plan.carried if n not in set(_leaves_of(plan.structure))]
+    extras = [n for n in plan.carried if n not in set(leaves_of(plan.structure))]
     if extras:
         result = (result, *(env[n] for n in extras))
     g.output(result)
@@ -842,7 +251,7 @@ def _unpack(
     else:
         return
     for key, sub in items:
-        if wanted & set(_leaves_of(sub)):
+        if wanted & set(leaves_of(sub)):
             _unpack(g, g.call_function(operator.getitem, (source, key)), sub, env, wanted)
 
 
@@ -851,7 +260,7 @@ def _tail_graph(plan: _Plan) -> fx.Graph:
     env: dict[fx.Node, fx.Node] = {}
     x = g.placeholder("x")
     wanted = set(plan.carried)
-    inside = set(_leaves_of(plan.structure))
+    inside = set(leaves_of(plan.structure))
     extras = [n for n in plan.carried if n not in inside]
     if extras:
         _unpack(g, g.call_function(operator.getitem, (x, 0)), plan.structure, env, wanted)
@@ -879,7 +288,7 @@ def _objects(t: Traced, graphs: Iterable[fx.Graph], copy: bool) -> dict[str, Any
     for g in graphs:
         for n in g.nodes:
             if n.op in ("call_module", "get_attr"):
-                targets[n.target] = _fetch(t, n.target)
+                targets[n.target] = fetch(t, n.target)
     return copy_objects(targets) if copy else targets
 
 
