@@ -61,13 +61,9 @@ def take(model: nn.Module, path: str | Path, *, copy: bool = True) -> nn.Module:
         True
     """
     with operation("take", model=model, path=path):
-        return _take(model, path, copy=copy)
-
-
-def _take(model: nn.Module, path: str | Path, *, copy: bool = True) -> nn.Module:
-    _check_copy(copy)
-    module = resolve(model, path).module
-    return copy_objects({"m": module})["m"] if copy else module
+        _check_copy(copy)
+        module = resolve(model, path).module
+        return copy_objects({"m": module})["m"] if copy else module
 
 
 def _check_copy(copy: object) -> None:
@@ -163,35 +159,26 @@ def compose(
         surgery._errors.ShapeMismatchError: compose: parts do not fit at 'a -> b': ...
     """
     with operation("compose", model=None):
-        return _compose(input_size=input_size, copy=copy, **parts)
-
-
-def _compose(
-    *,
-    input_size: Any = None,
-    copy: bool = True,
-    **parts: nn.Module | tuple[nn.Module, str],
-) -> nn.Sequential:
-    _check_copy(copy)
-    if not parts:
-        raise ArgumentError(f"compose() needs at least one part; {_PART_HELP}")
-    sizes = normalize_input_size(input_size) if input_size is not None else None
-    planned = [(name, *_plan_part(name, part)) for name, part in parts.items()]
-    # build: each (model, path) part is copied on its own, as take() does, so taking
-    # the same block twice gives two independent blocks
-    taken = {
-        name: copy_objects({"m": module})["m"] if copy else module
-        for name, module, source, _ in planned
-        if source is not None
-    }
-    children = OrderedDict(
-        (name, taken.get(name, module) if source is not None else module)
-        for name, module, source, _ in planned
-    )
-    net = nn.Sequential(children)
-    if sizes is not None:
-        check_junctions(net, sizes)
-    return net
+        _check_copy(copy)
+        if not parts:
+            raise ArgumentError(f"compose() needs at least one part; {_PART_HELP}")
+        sizes = normalize_input_size(input_size) if input_size is not None else None
+        planned = [(name, *_plan_part(name, part)) for name, part in parts.items()]
+        # build: each (model, path) part is copied on its own, as take() does, so taking
+        # the same block twice gives two independent blocks
+        taken = {
+            name: copy_objects({"m": module})["m"] if copy else module
+            for name, module, source, _ in planned
+            if source is not None
+        }
+        children = OrderedDict(
+            (name, taken.get(name, module) if source is not None else module)
+            for name, module, source, _ in planned
+        )
+        net = nn.Sequential(children)
+        if sizes is not None:
+            check_junctions(net, sizes)
+        return net
 
 
 # --------------------------------------------------------------------------- junctions

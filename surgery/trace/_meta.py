@@ -92,10 +92,16 @@ def structural_copy(
                 d[k] = {n: (memo[id(c)] if c is not None else None) for n, c in v.items()}
             elif k in ("_parameters", "_buffers"):
                 d[k] = {n: (memo[id(t)] if t is not None else None) for n, t in v.items()}
+            elif k in _MODULE_KEYS:  # hook dicts, _non_persistent_buffers_set: fresh containers
+                d[k] = v.copy() if isinstance(v, (dict, set)) else v
             else:
                 d[k] = copy_attribute(v, memo)
         object.__setattr__(new, "__dict__", d)
     return memo[id(model)]  # type: ignore[no-any-return]
+
+
+_MODULE_KEYS = frozenset(nn.Module().__dict__)  # nn.Module's own bookkeeping attributes
+_ATOMS = (int, float, str, bool, type(None), torch.dtype, torch.device)
 
 
 def copy_attribute(value: Any, memo: dict[int, Any]) -> Any:
@@ -105,7 +111,9 @@ def copy_attribute(value: Any, memo: dict[int, Any]) -> Any:
     them in the copy. What cannot be deep-copied keeps a fresh container (dict,
     list, set) or, failing that, is shared.
     """
-    if isinstance(value, (int, float, str, bool, type(None), torch.dtype, torch.device)):
+    if isinstance(value, _ATOMS):
+        return value
+    if isinstance(value, tuple) and all(isinstance(v, _ATOMS) for v in value):
         return value
     try:
         return copy.deepcopy(value, memo)

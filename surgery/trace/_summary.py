@@ -93,35 +93,31 @@ def summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -
         'cpu'
     """
     with operation("summary", model=model):
-        return _summary(model, input_size, **torchinfo_kwargs)
-
-
-def _summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -> ModelStatistics:
-    check_model(model, "summary")
-    if input_size is not None:
-        normalize_input_size(input_size)  # checked here: torchinfo's errors are raw
-    kwargs = dict(torchinfo_kwargs)
-    kwargs.setdefault("verbose", 0)
-    device = kwargs.pop("device", None)
-    try:
-        target = torch.device(device) if device is not None else torch.device("meta")
-    except (RuntimeError, TypeError) as exc:
-        raise ArgumentError(f"device {device!r} is not a torch device: {exc}") from None
-    if target.type == "meta":
-        if kwargs.get("input_data") is not None:
-            kwargs["input_data"] = _to_meta(kwargs["input_data"])
-        return _run_torchinfo(meta_copy(model), input_size, {**kwargs, "device": target})
-    devices = _devices(model)
-    if any(d.type == "meta" for d in devices):
-        raise ArgumentError(
-            f"{type(model).__name__} lives on the meta device (no data): it cannot run on "
-            f"{target}; drop device= to summarize it on the meta device"
-        )
-    if devices and devices != {target}:
-        run = copy.deepcopy(model)  # the caller's model never moves
-    else:  # fresh modules (hooks, caches, modes are the copy's), buffers cloned (BN statistics)
-        run = structural_copy(model, lambda t, param: t if param else t.clone())
-    return _run_torchinfo(run, input_size, {**kwargs, "device": target})
+        check_model(model, "summary")
+        if input_size is not None:
+            normalize_input_size(input_size)  # checked here: torchinfo's errors are raw
+        kwargs = dict(torchinfo_kwargs)
+        kwargs.setdefault("verbose", 0)
+        device = kwargs.pop("device", None)
+        try:
+            target = torch.device(device) if device is not None else torch.device("meta")
+        except (RuntimeError, TypeError) as exc:
+            raise ArgumentError(f"device {device!r} is not a torch device: {exc}") from None
+        if target.type == "meta":
+            if kwargs.get("input_data") is not None:
+                kwargs["input_data"] = _to_meta(kwargs["input_data"])
+            return _run_torchinfo(meta_copy(model), input_size, {**kwargs, "device": target})
+        devices = _devices(model)
+        if any(d.type == "meta" for d in devices):
+            raise ArgumentError(
+                f"{type(model).__name__} lives on the meta device (no data): it cannot run on "
+                f"{target}; drop device= to summarize it on the meta device"
+            )
+        if devices and devices != {target}:
+            run = copy.deepcopy(model)  # the caller's model never moves
+        else:  # fresh modules (hooks, caches, modes are the copy's), buffers cloned (BN statistics)
+            run = structural_copy(model, lambda t, param: t if param else t.clone())
+        return _run_torchinfo(run, input_size, {**kwargs, "device": target})
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -194,50 +194,46 @@ def tree(model: nn.Module, *, depth: int | None = None, input_size: Any = None) 
         11689512
     """
     with operation("tree", model=model):
-        return _tree(model, depth=depth, input_size=input_size)
-
-
-def _tree(model: nn.Module, *, depth: int | None = None, input_size: Any = None) -> ModelTree:
-    check_model(model, "tree")
-    if depth is not None and (not isinstance(depth, int) or depth < 0):
-        raise ArgumentError(f"depth must be a non-negative int or None, got {depth!r}")
-    shapes: dict[str, Any] = {}
-    if input_size is not None:
-        shapes, final = output_shapes(model, input_size)
-        shapes[""] = final
-    paths = module_paths(model)
-    rows: list[TreeRow] = []
-    for name, mod in model.named_modules():
-        d = 0 if not name else name.count(".") + 1
-        if depth is not None and d > depth:
-            continue
-        own = sum(p.numel() for p in mod.parameters(recurse=False))
-        trainable = frozen = 0
-        for p in mod.parameters():
-            if p.requires_grad:
-                trainable += p.numel()
-            else:
-                frozen += p.numel()
-        others = tuple(p for p in paths.get(id(mod), []) if p != name)
-        rows.append(
-            TreeRow(
-                name,
-                type(mod).__name__,
-                d,
-                own,
-                trainable + frozen,
-                trainable,
-                frozen,
-                others,
-                shapes.get(name),
+        check_model(model, "tree")
+        if depth is not None and (not isinstance(depth, int) or depth < 0):
+            raise ArgumentError(f"depth must be a non-negative int or None, got {depth!r}")
+        shapes: dict[str, Any] = {}
+        if input_size is not None:
+            shapes, final = output_shapes(model, input_size)
+            shapes[""] = final
+        paths = module_paths(model)
+        rows: list[TreeRow] = []
+        for name, mod in model.named_modules():
+            d = 0 if not name else name.count(".") + 1
+            if depth is not None and d > depth:
+                continue
+            own = sum(p.numel() for p in mod.parameters(recurse=False))
+            trainable = frozen = 0
+            for p in mod.parameters():
+                if p.requires_grad:
+                    trainable += p.numel()
+                else:
+                    frozen += p.numel()
+            others = tuple(p for p in paths.get(id(mod), []) if p != name)
+            rows.append(
+                TreeRow(
+                    name,
+                    type(mod).__name__,
+                    d,
+                    own,
+                    trainable + frozen,
+                    trainable,
+                    frozen,
+                    others,
+                    shapes.get(name),
+                )
             )
+        root = rows[0]
+        return ModelTree(
+            type(model).__name__,
+            rows,
+            root.total,
+            root.trainable,
+            root.frozen,
+            list(input_size) if input_size is not None else None,
         )
-    root = rows[0]
-    return ModelTree(
-        type(model).__name__,
-        rows,
-        root.total,
-        root.trainable,
-        root.frozen,
-        list(input_size) if input_size is not None else None,
-    )

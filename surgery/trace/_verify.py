@@ -156,59 +156,42 @@ def verify(
           trainable_params: expected 0, got 11,689,512 (difference +11,689,512)
     """
     with operation("verify", model=model):
-        return _verify(
-            model,
-            input_size,
-            output_shape=output_shape,
-            total_params=total_params,
-            trainable_params=trainable_params,
-            dtypes=dtypes,
-        )
+        check_model(model, "verify")
+        sizes = normalize_input_size(input_size)
+        expected_shape = _normalize_shape(output_shape) if output_shape is not None else None
+        want_total = _check_count(total_params, "total_params")
+        want_trainable = _check_count(trainable_params, "trainable_params")
+        types = list(dtypes) if dtypes is not None else [torch.float32] * len(sizes)
+        if len(types) != len(sizes) or not all(isinstance(d, torch.dtype) for d in types):
+            raise ArgumentError(f"dtypes must hold one torch.dtype per input, got {dtypes!r}")
 
-
-def _verify(
-    model: nn.Module,
-    input_size: Any,
-    *,
-    output_shape: Any = None,
-    total_params: int | None = None,
-    trainable_params: int | None = None,
-    dtypes: Sequence[torch.dtype] | None = None,
-) -> ModelStatistics:
-    check_model(model, "verify")
-    sizes = normalize_input_size(input_size)
-    expected_shape = _normalize_shape(output_shape) if output_shape is not None else None
-    want_total = _check_count(total_params, "total_params")
-    want_trainable = _check_count(trainable_params, "trainable_params")
-    types = list(dtypes) if dtypes is not None else [torch.float32] * len(sizes)
-    if len(types) != len(sizes) or not all(isinstance(d, torch.dtype) for d in types):
-        raise ArgumentError(f"dtypes must hold one torch.dtype per input, got {dtypes!r}")
-
-    total, trainable = count_parameters(model)
-    clone = MetaClone(model)
-    inputs = [torch.empty(s, dtype=d, device="meta") for s, d in zip(sizes, types)]
-    failures: list[str] = []
-    shape: Any = None
-    try:
-        shape = fast_output_shape(clone, inputs)
-    except Exception:
-        try:  # the shortcuts never decide a failure: the plain meta forward does
-            shape = plain_output_shape(model, inputs)
-        except Exception as e:
-            failures.append(f"forward: fails on the meta device: {type(e).__name__}: {e}")
-    if expected_shape is not None and not failures and shape != expected_shape:
-        failures.append(f"output_shape: expected {_fmt(expected_shape)}, got {_fmt(shape)}")
-    for name, want, got in (
-        ("total_params", want_total, total),
-        ("trainable_params", want_trainable, trainable),
-    ):
-        if want is not None and want != got:
-            failures.append(f"{name}: expected {want:,}, got {got:,} (difference {got - want:+,})")
-    if failures:
-        shown = sizes[0] if len(sizes) == 1 else sizes
-        noun = "failed expectation" if len(failures) == 1 else "failed expectations"
-        raise VerificationError(
-            f"verify({type(model).__name__}, input_size={shown}): {len(failures)} {noun}\n"
-            + "\n".join(f"  {f}" for f in failures)
-        )
-    return VerifiedStatistics(model, sizes, types, total, trainable, shape)
+        total, trainable = count_parameters(model)
+        clone = MetaClone(model)
+        inputs = [torch.empty(s, dtype=d, device="meta") for s, d in zip(sizes, types)]
+        failures: list[str] = []
+        shape: Any = None
+        try:
+            shape = fast_output_shape(clone, inputs)
+        except Exception:
+            try:  # the shortcuts never decide a failure: the plain meta forward does
+                shape = plain_output_shape(model, inputs)
+            except Exception as e:
+                failures.append(f"forward: fails on the meta device: {type(e).__name__}: {e}")
+        if expected_shape is not None and not failures and shape != expected_shape:
+            failures.append(f"output_shape: expected {_fmt(expected_shape)}, got {_fmt(shape)}")
+        for name, want, got in (
+            ("total_params", want_total, total),
+            ("trainable_params", want_trainable, trainable),
+        ):
+            if want is not None and want != got:
+                failures.append(
+                    f"{name}: expected {want:,}, got {got:,} (difference {got - want:+,})"
+                )
+        if failures:
+            shown = sizes[0] if len(sizes) == 1 else sizes
+            noun = "failed expectation" if len(failures) == 1 else "failed expectations"
+            raise VerificationError(
+                f"verify({type(model).__name__}, input_size={shown}): {len(failures)} {noun}\n"
+                + "\n".join(f"  {f}" for f in failures)
+            )
+        return VerifiedStatistics(model, sizes, types, total, trainable, shape)

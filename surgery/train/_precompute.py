@@ -216,81 +216,67 @@ def precompute(
         True
     """
     with operation("precompute", model=body):
-        return _precompute(
-            body, data, batch_size=batch_size, cache_dir=cache_dir, device=device, progress=progress
-        )
-
-
-def _precompute(
-    body: nn.Module,
-    data: Any,
-    *,
-    batch_size: int = 64,
-    cache_dir: str | os.PathLike[str] | None = None,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> FeatureCache:
-    if not isinstance(body, nn.Module):
-        raise ArgumentError(f"body must be an nn.Module, got {type(body).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
-    dataset: Any
-    if isinstance(data, DataLoader):
-        loader, dataset = data, data.dataset
-    elif _map_style(data) or isinstance(data, IterableDataset):
-        loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
-        dataset = data
-    else:
-        raise ArgumentError(
-            f"data must be a Dataset, a DataLoader or a tensor of inputs, got {type(data).__name__}"
-        )
-    sized = _map_style(dataset)
-    if sized and len(dataset) == 0:
-        raise ArgumentError("data is empty: there is nothing to precompute")
-    try:
-        run_device = torch.device(device) if device is not None else _body_device(body)
-    except (RuntimeError, TypeError) as exc:
-        raise ArgumentError(f"device {device!r} is not a torch device: {exc}") from None
-
-    first = None
-    if sized:
-        first = user_call(dataset.__getitem__, 0, what="reading data[0]", error=ArgumentError)
-        _split(first, "each item")
-        if not _same(first, dataset[0]):
-            warnings.warn(
-                f"two reads of data[0] gave different inputs ({type(dataset).__name__} "
-                f"seems to apply random augmentation): the cache freezes one random draw "
-                f"per item (and, with cache_dir, is never reused). Precompute on "
-                f"un-augmented data, or train through the body to keep augmentation",
-                SurgeryWarning,
-                stacklevel=2,
-            )
-
-    key = ""
-    folder = None
-    if cache_dir is not None:
-        if not sized:
-            raise ArgumentError(
-                "cache_dir needs map-style data (a Dataset with __len__ and __getitem__) to "
-                "fingerprint it; drop cache_dir for an IterableDataset"
-            )
-        folder = FsPath(cache_dir)
-        if folder.exists() and not folder.is_dir():
-            raise ArgumentError(f"cache_dir {str(folder)!r} exists and is not a folder")
-        h = hashlib.blake2b(digest_size=12)
-        h.update(weights_fingerprint(body).encode())
-        h.update(data_fingerprint(dataset, first).encode())
+        if not isinstance(body, nn.Module):
+            raise ArgumentError(f"body must be an nn.Module, got {type(body).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
+        dataset: Any
         if isinstance(data, DataLoader):
-            h.update(f"{type(data.sampler).__name__}:{len(data)}:{data.drop_last}".encode())
-        key = h.hexdigest()
-        cached = _load(folder / key, key)
-        if cached is not None:
-            cached._track(body)
-            return cached
+            loader, dataset = data, data.dataset
+        elif _map_style(data) or isinstance(data, IterableDataset):
+            loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
+            dataset = data
+        else:
+            raise ArgumentError(
+                f"data must be a Dataset, a DataLoader or a tensor of inputs, got {type(data).__name__}"
+            )
+        sized = _map_style(dataset)
+        if sized and len(dataset) == 0:
+            raise ArgumentError("data is empty: there is nothing to precompute")
+        try:
+            run_device = torch.device(device) if device is not None else _body_device(body)
+        except (RuntimeError, TypeError) as exc:
+            raise ArgumentError(f"device {device!r} is not a torch device: {exc}") from None
 
-    cache = _run(body, loader, run_device, folder, key, progress)
-    cache._track(body)
-    return cache
+        first = None
+        if sized:
+            first = user_call(dataset.__getitem__, 0, what="reading data[0]", error=ArgumentError)
+            _split(first, "each item")
+            if not _same(first, dataset[0]):
+                warnings.warn(
+                    f"two reads of data[0] gave different inputs ({type(dataset).__name__} "
+                    f"seems to apply random augmentation): the cache freezes one random draw "
+                    f"per item (and, with cache_dir, is never reused). Precompute on "
+                    f"un-augmented data, or train through the body to keep augmentation",
+                    SurgeryWarning,
+                    stacklevel=2,
+                )
+
+        key = ""
+        folder = None
+        if cache_dir is not None:
+            if not sized:
+                raise ArgumentError(
+                    "cache_dir needs map-style data (a Dataset with __len__ and __getitem__) to "
+                    "fingerprint it; drop cache_dir for an IterableDataset"
+                )
+            folder = FsPath(cache_dir)
+            if folder.exists() and not folder.is_dir():
+                raise ArgumentError(f"cache_dir {str(folder)!r} exists and is not a folder")
+            h = hashlib.blake2b(digest_size=12)
+            h.update(weights_fingerprint(body).encode())
+            h.update(data_fingerprint(dataset, first).encode())
+            if isinstance(data, DataLoader):
+                h.update(f"{type(data.sampler).__name__}:{len(data)}:{data.drop_last}".encode())
+            key = h.hexdigest()
+            cached = _load(folder / key, key)
+            if cached is not None:
+                cached._track(body)
+                return cached
+
+        cache = _run(body, loader, run_device, folder, key, progress)
+        cache._track(body)
+        return cache
 
 
 def _run(
