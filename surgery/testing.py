@@ -39,11 +39,10 @@ __all__ = ["assert_split_lossless", "cut_points", "split_points"]
 def split_points(model: nn.Module) -> list[str]:
     """Every module path valid for :func:`surgery.split` / :func:`surgery.cut`, in order.
 
-    These are the modules ``forward`` calls, in ``named_modules`` order (the
-    root excluded). Left out: modules never called (a ``ModuleList`` is
-    iterated, not called; an auxiliary head may run in train mode only) and
-    modules used inside another module's single step (e.g.
-    ``MultiheadAttention.out_proj``). Does not need hypothesis.
+    The same list as :func:`surgery.cut_points` (kept here beside the
+    :func:`cut_points` strategy): the modules ``forward`` calls, in
+    ``named_modules`` order (the root excluded), and the containers it
+    iterates entry after entry. Does not need hypothesis.
 
     Raises:
         TraceError: the model's forward cannot be traced.
