@@ -43,12 +43,15 @@ from .paths._grammar import Path, parse_path
 from .paths._resolve import find, get
 from .trace._compose import compose, take
 from .trace._cut import cut, split
+from .trace._points import cut_points
+from .trace._summary import summary
 from .trace._tree import ModelTree, TreeRow, tree
-from .trace._verify import summary, verify
+from .trace._verify import verify
 from .train._batchnorm import FrozenBatchNormNd
-from .train._cache import FeatureCache, precompute
+from .train._cache import FeatureCache
 from .train._freeze import freeze, freeze_to, unfreeze
 from .train._groups import layer_groups, param_groups
+from .train._precompute import precompute
 from .train._trainable import TrainableReport, TrainableRow, trainable
 
 __version__ = "0.1.0"
@@ -87,6 +90,7 @@ __all__ = [
     "compose",
     "create_head",
     "cut",
+    "cut_points",
     "delete",
     "find",
     "freeze",

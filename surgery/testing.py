@@ -27,8 +27,8 @@ from torch import nn
 
 from ._errors import ArgumentError
 from .trace._cut import split
-from .trace._cut import split_points as _split_points
 from .trace._meta import eval_mode
+from .trace._points import split_points as _split_points
 
 if TYPE_CHECKING:  # pragma: no cover
     from hypothesis.strategies import SearchStrategy
@@ -39,11 +39,10 @@ __all__ = ["assert_split_lossless", "cut_points", "split_points"]
 def split_points(model: nn.Module) -> list[str]:
     """Every module path valid for :func:`surgery.split` / :func:`surgery.cut`, in order.
 
-    These are the modules ``forward`` calls, in ``named_modules`` order (the
-    root excluded). Left out: modules never called (a ``ModuleList`` is
-    iterated, not called; an auxiliary head may run in train mode only) and
-    modules used inside another module's single step (e.g.
-    ``MultiheadAttention.out_proj``). Does not need hypothesis.
+    The same list as :func:`surgery.cut_points` (kept here beside the
+    :func:`cut_points` strategy): the modules ``forward`` calls, in
+    ``named_modules`` order (the root excluded), and the containers it
+    iterates entry after entry. Does not need hypothesis.
 
     Raises:
         TraceError: the model's forward cannot be traced.

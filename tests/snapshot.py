@@ -37,17 +37,31 @@ def _value(t: torch.Tensor, values: bool) -> Any:
     return t.detach().clone()
 
 
-def _fingerprint(v: Any, values: bool, depth: int = 0) -> Any:
-    """Identity plus contents: enough to see a replaced or mutated attribute."""
-    if isinstance(v, _SIMPLE):
+def _fingerprint(v: Any, values: bool, seen: dict[int, Any] | None = None, depth: int = 0) -> Any:
+    """Identity plus contents, recursively (containers and plain objects' ``__dict__``):
+    enough to see a replaced or mutated attribute, however deep a cache keeps it."""
+    seen = {} if seen is None else seen
+    if isinstance(v, (*_SIMPLE, torch.dtype, torch.device)):
         return (type(v).__name__, v)
     if isinstance(v, torch.Tensor):
-        return ("tensor", id(v), v.dtype, _value(v, values))
-    if depth < 3 and isinstance(v, dict):
-        return ("dict", id(v), [(k, _fingerprint(x, values, depth + 1)) for k, x in v.items()])
-    if depth < 3 and isinstance(v, (list, tuple, set, frozenset)):
+        return ("tensor", id(v), type(v).__name__, v.dtype, v.requires_grad, _value(v, values))
+    if isinstance(v, nn.Module):
+        return ("module", id(v))  # its own __dict__ is recorded under its own path
+    if id(v) in seen or depth > 20:
+        return ("seen", id(v))
+    seen[id(v)] = v
+    if isinstance(v, dict):
+        return (
+            "dict",
+            id(v),
+            [(k, _fingerprint(x, values, seen, depth + 1)) for k, x in v.items()],
+        )
+    if isinstance(v, (list, tuple, set, frozenset)):
         items = sorted(v, key=repr) if isinstance(v, (set, frozenset)) else v
-        return (type(v).__name__, id(v), [_fingerprint(x, values, depth + 1) for x in items])
+        return (type(v).__name__, id(v), [_fingerprint(x, values, seen, depth + 1) for x in items])
+    attrs = getattr(v, "__dict__", None)
+    if isinstance(attrs, dict) and not isinstance(v, type) and not callable(v):
+        return ("object", type(v).__qualname__, id(v), _fingerprint(attrs, values, seen, depth + 1))
     return (type(v).__name__, id(v))
 
 

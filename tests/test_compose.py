@@ -257,7 +257,8 @@ def test_bad_part_leaves_every_model_unchanged() -> None:
     vgg, res = vgg16_bn(), resnet18()
     before = [snapshot(vgg), snapshot(res)]
     with pytest.raises(
-        surgery.PathNotFoundError, match=r"(?s)^part 'block3': no module at 'layer9'.*did you mean"
+        surgery.PathNotFoundError,
+        match=r"(?s)^compose: part 'block3': no module at 'layer9'.*did you mean",
     ):
         surgery.compose(block2=(vgg, "features[7:14]"), block3=(res, "layer9"))
     with pytest.raises(surgery.PathSyntaxError):

@@ -399,12 +399,28 @@ def test_module_never_called() -> None:
     model = Unused()
     with pytest.raises(surgery.PathError, match=r"never calls it \(in train mode\)"):
         surgery.cut(model, "spare")
+    # a ModuleList iterated entry after entry is cut after its last entry
+    assert split_points(model) == ["blocks", "blocks.0", "blocks.1"]
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(surgery.cut(model, "blocks")(x), model(x))
+
+
+def test_module_list_used_apart_is_not_a_cut_point() -> None:
+    class Heads(nn.Module):  # entries applied to the same input: no "after the last entry"
+        def __init__(self) -> None:
+            super().__init__()
+            self.heads = nn.ModuleList([nn.Linear(4, 2), nn.Linear(4, 2)])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return sum(h(x) for h in self.heads)  # type: ignore[return-value]
+
+    model = Heads()
+    assert split_points(model) == ["heads.0", "heads.1"]
     with pytest.raises(
         surgery.PathError,
-        match=r"iterated, not called: cut after one of its entries, e.g. 'blocks.1'",
+        match=r"(?s)never calls it.*entries run one after another.*e.g. 'heads.1'",
     ):
-        surgery.split(model, "blocks")
-    assert split_points(model) == ["blocks.0", "blocks.1"]
+        surgery.split(model, "heads")
 
 
 class _Branchy(nn.Module):

@@ -12,8 +12,9 @@ from torch import nn
 
 import surgery
 from surgery.trace._meta import meta_copy
+from surgery.trace._shapes import MetaClone, Repeat
 from surgery.trace._tree import output_shapes
-from surgery.trace._verify import VerifiedStatistics, _MetaClone, _Repeat
+from surgery.trace._verify import VerifiedStatistics
 from tests.snapshot import assert_unchanged, snapshot
 
 
@@ -201,8 +202,8 @@ def test_verify_argument_errors(kwargs: dict, match: str) -> None:
 
 
 def test_repeated_blocks_run_once(resnet18: nn.Module) -> None:
-    clone = _MetaClone(resnet18)
-    repeats = [m for m in clone.done.values() if isinstance(m, _Repeat)]
+    clone = MetaClone(resnet18)
+    repeats = [m for m in clone.done.values() if isinstance(m, Repeat)]
     assert repeats and all(r._real is None for r in repeats if r.__dict__["_sid"] in clone.repeated)
     out = clone.root(torch.empty(2, 3, 224, 224, device="meta"))
     assert out.shape == (2, 1000)

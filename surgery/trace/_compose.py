@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._boundary import operation
 from .._errors import ArgumentError, ShapeMismatchError, SurgeryError
 from ..paths._grammar import Path
 from ..paths._resolve import resolve
@@ -59,9 +60,10 @@ def take(model: nn.Module, path: str | Path, *, copy: bool = True) -> nn.Module:
         >>> surgery.take(resnet, "layer3", copy=False) is resnet.layer3
         True
     """
-    _check_copy(copy)
-    module = resolve(model, path).module
-    return copy_objects({"m": module})["m"] if copy else module
+    with operation("take", model=model, path=path):
+        _check_copy(copy)
+        module = resolve(model, path).module
+        return copy_objects({"m": module})["m"] if copy else module
 
 
 def _check_copy(copy: object) -> None:
@@ -156,26 +158,27 @@ def compose(
         ...
         surgery._errors.ShapeMismatchError: compose: parts do not fit at 'a -> b': ...
     """
-    _check_copy(copy)
-    if not parts:
-        raise ArgumentError(f"compose() needs at least one part; {_PART_HELP}")
-    sizes = normalize_input_size(input_size) if input_size is not None else None
-    planned = [(name, *_plan_part(name, part)) for name, part in parts.items()]
-    # build: each (model, path) part is copied on its own, as take() does, so taking
-    # the same block twice gives two independent blocks
-    taken = {
-        name: copy_objects({"m": module})["m"] if copy else module
-        for name, module, source, _ in planned
-        if source is not None
-    }
-    children = OrderedDict(
-        (name, taken.get(name, module) if source is not None else module)
-        for name, module, source, _ in planned
-    )
-    net = nn.Sequential(children)
-    if sizes is not None:
-        check_junctions(net, sizes)
-    return net
+    with operation("compose", model=None):
+        _check_copy(copy)
+        if not parts:
+            raise ArgumentError(f"compose() needs at least one part; {_PART_HELP}")
+        sizes = normalize_input_size(input_size) if input_size is not None else None
+        planned = [(name, *_plan_part(name, part)) for name, part in parts.items()]
+        # build: each (model, path) part is copied on its own, as take() does, so taking
+        # the same block twice gives two independent blocks
+        taken = {
+            name: copy_objects({"m": module})["m"] if copy else module
+            for name, module, source, _ in planned
+            if source is not None
+        }
+        children = OrderedDict(
+            (name, taken.get(name, module) if source is not None else module)
+            for name, module, source, _ in planned
+        )
+        net = nn.Sequential(children)
+        if sizes is not None:
+            check_junctions(net, sizes)
+        return net
 
 
 # --------------------------------------------------------------------------- junctions

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._boundary import operation
 from .._errors import ArgumentError, SurgeryError
 from ..paths._resolve import check_model, module_paths
 from ._meta import eval_mode, meta_copy, meta_inputs
@@ -192,46 +193,47 @@ def tree(model: nn.Module, *, depth: int | None = None, input_size: Any = None) 
         >>> t.total
         11689512
     """
-    check_model(model, "tree")
-    if depth is not None and (not isinstance(depth, int) or depth < 0):
-        raise ArgumentError(f"depth must be a non-negative int or None, got {depth!r}")
-    shapes: dict[str, Any] = {}
-    if input_size is not None:
-        shapes, final = output_shapes(model, input_size)
-        shapes[""] = final
-    paths = module_paths(model)
-    rows: list[TreeRow] = []
-    for name, mod in model.named_modules():
-        d = 0 if not name else name.count(".") + 1
-        if depth is not None and d > depth:
-            continue
-        own = sum(p.numel() for p in mod.parameters(recurse=False))
-        trainable = frozen = 0
-        for p in mod.parameters():
-            if p.requires_grad:
-                trainable += p.numel()
-            else:
-                frozen += p.numel()
-        others = tuple(p for p in paths.get(id(mod), []) if p != name)
-        rows.append(
-            TreeRow(
-                name,
-                type(mod).__name__,
-                d,
-                own,
-                trainable + frozen,
-                trainable,
-                frozen,
-                others,
-                shapes.get(name),
+    with operation("tree", model=model):
+        check_model(model, "tree")
+        if depth is not None and (not isinstance(depth, int) or depth < 0):
+            raise ArgumentError(f"depth must be a non-negative int or None, got {depth!r}")
+        shapes: dict[str, Any] = {}
+        if input_size is not None:
+            shapes, final = output_shapes(model, input_size)
+            shapes[""] = final
+        paths = module_paths(model)
+        rows: list[TreeRow] = []
+        for name, mod in model.named_modules():
+            d = 0 if not name else name.count(".") + 1
+            if depth is not None and d > depth:
+                continue
+            own = sum(p.numel() for p in mod.parameters(recurse=False))
+            trainable = frozen = 0
+            for p in mod.parameters():
+                if p.requires_grad:
+                    trainable += p.numel()
+                else:
+                    frozen += p.numel()
+            others = tuple(p for p in paths.get(id(mod), []) if p != name)
+            rows.append(
+                TreeRow(
+                    name,
+                    type(mod).__name__,
+                    d,
+                    own,
+                    trainable + frozen,
+                    trainable,
+                    frozen,
+                    others,
+                    shapes.get(name),
+                )
             )
+        root = rows[0]
+        return ModelTree(
+            type(model).__name__,
+            rows,
+            root.total,
+            root.trainable,
+            root.frozen,
+            list(input_size) if input_size is not None else None,
         )
-    root = rows[0]
-    return ModelTree(
-        type(model).__name__,
-        rows,
-        root.total,
-        root.trainable,
-        root.frozen,
-        list(input_size) if input_size is not None else None,
-    )

@@ -1,7 +1,7 @@
 """Fingerprints and staleness checks for :mod:`surgery.train._cache`.
 
 ``weights_fingerprint`` / ``data_fingerprint`` key an on-disk feature cache;
-``_Watch`` remembers a body's tensors and tells, cheaply, whether they changed
+``Watch`` remembers a body's tensors and tells, cheaply, whether they changed
 since the features were computed (version counters and storage pointers on
 every read, value digests on the first read and once per epoch).
 """
@@ -17,7 +17,7 @@ from torch import nn
 
 from .._errors import ArgumentError
 
-__all__ = ["data_fingerprint", "weights_fingerprint"]
+__all__ = ["Watch", "data_fingerprint", "tensor_bytes", "weights_fingerprint"]
 
 _SAMPLE_ITEMS = 16  # items hashed for the data fingerprint (all of them below this)
 
@@ -26,7 +26,7 @@ _SAMPLE_ITEMS = 16  # items hashed for the data fingerprint (all of them below t
 # ---------------------------------------------------------------------------
 
 
-def _tensor_bytes(t: torch.Tensor) -> memoryview:
+def tensor_bytes(t: torch.Tensor) -> memoryview:
     flat = t.detach().to("cpu").contiguous().reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]
 
@@ -46,14 +46,14 @@ def weights_fingerprint(body: nn.Module) -> str:
                 f"cannot fingerprint {name!r}: it is on the meta device (no values)"
             )
         h.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}:".encode())
-        h.update(_tensor_bytes(t))
+        h.update(tensor_bytes(t))
     return h.hexdigest()
 
 
 def _hash_obj(h: Any, obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
         h.update(f"T{obj.dtype}{tuple(obj.shape)}".encode())
-        h.update(_tensor_bytes(obj))
+        h.update(tensor_bytes(obj))
     elif isinstance(obj, (list, tuple)):
         h.update(f"L{len(obj)}".encode())
         for v in obj:
@@ -134,7 +134,7 @@ def _sample(t: torch.Tensor) -> torch.Tensor:
     return picked.to(torch.float64).cpu()
 
 
-class _Watch:
+class Watch:
     """What the body looked like when the features were computed.
 
     Per read (:meth:`light`): version counters (optimizer steps,
