@@ -32,6 +32,7 @@ from torch import nn
 from .._errors import ArgumentError, LayerNotFoundError, PathError, SurgeryError
 from ..paths._resolve import check_model, module_paths, resolve
 from ..trace._meta import meta_copy
+from ._hf import hf_label_sync, plan_hf_head
 
 __all__ = ["AdaptiveConcatPool2d", "adapt_input", "create_head", "replace_head"]
 
@@ -332,7 +333,11 @@ def _explicit_heads(model: nn.Module, paths: list[str]) -> list[tuple[str, nn.Mo
 
 
 def replace_head(
-    model: nn.Module, num_classes: int, *, path: str | Sequence[str] | None = None
+    model: nn.Module,
+    num_classes: int,
+    *,
+    path: str | Sequence[str] | None = None,
+    tie: bool | None = None,
 ) -> nn.Module:
     """Replace the classifier of ``model`` by a fresh one with ``num_classes`` outputs, in place.
 
@@ -358,10 +363,21 @@ def replace_head(
     ``flatten(avgpool(relu(features(x))))``, i.e. the average-pooled final
     features, ``(N, 512)``.
 
+    A Hugging Face ``transformers.PreTrainedModel`` uses the heads it declares
+    (nothing is traced): its LM head is ``get_output_embeddings()`` (a tied head
+    stays tied and is resized with the model's own ``resize_token_embeddings``;
+    ``tie=False`` gives a new, untied head and the input embedding keeps its
+    size; a ``SurgeryWarning`` says what happened to the tie); its
+    classification head is the one Linear layer outside the base model with
+    ``config.num_labels`` outputs, and ``config.num_labels``, ``id2label`` and
+    ``label2id`` follow the new count (see docs/huggingface.md).
+
     Args:
         model: the model to change, in place.
         num_classes: outputs of the new head; 0 removes the head.
         path: the head's path (or a list of paths), when discovery is not wanted.
+        tie: for a transformers LM head only: None keeps the tie as it is,
+            False unties the head from the input embedding, True ties it.
 
     Returns:
         ``model`` itself.
@@ -390,6 +406,9 @@ def replace_head(
     check_model(model, "replace_head")
     _check_count(num_classes, "num_classes", 0)
     paths = _paths_arg(path)
+    hf = plan_hf_head(model, num_classes, path=paths, tie=tie, new_head=_new_head)  # hook (F)
+    if hf is not None:  # hook (F): a transformers model's declared head
+        return hf.apply(model)  # hook (F)
     how = "path="
     if paths is None:
         declared = [p for p in _declared(model, "classifier") if _resolves(model, p)]
@@ -403,8 +422,10 @@ def replace_head(
     heads = _explicit_heads(model, paths)
     # plan: every new module is built (and checked) before anything changes
     plan = [(name, old, _new_head(old, num_classes, name)) for name, old in heads]
+    labels = hf_label_sync(model, [old for _, old, _ in plan], num_classes)  # hook (F)
     for _name, old, new in plan:
         _set(model, old, new)
+    labels.apply(model)  # hook (F): config.num_labels/id2label/label2id
     current = getattr(model, "num_classes", None)
     if isinstance(current, int) and not isinstance(current, bool):
         model.num_classes = num_classes  # type: ignore[assignment]
