@@ -239,10 +239,14 @@ def _config_diff(old: Any, new: Any) -> dict[str, Any]:
 
 def _untied_head(model: nn.Module, old: nn.Module, num_tokens: int) -> nn.Module:
     """A new Linear head with ``num_tokens`` rows; rows the old head had are kept."""
-    weight = old.weight  # type: ignore[union-attr]
-    bias = getattr(old, "bias", None)
+    weight: torch.Tensor = getattr(old, "weight")  # noqa: B009 - a Module attribute
+    bias: torch.Tensor | None = getattr(old, "bias", None)
     new = nn.Linear(
-        weight.shape[1], num_tokens, bias=bias is not None, device=weight.device, dtype=weight.dtype
+        int(weight.shape[1]),
+        num_tokens,
+        bias=bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
     )
     init = getattr(model, "_init_weights", None)
     if callable(init):
@@ -254,7 +258,7 @@ def _untied_head(model: nn.Module, old: nn.Module, num_tokens: int) -> nn.Module
             new.weight[:keep].copy_(weight[:keep])
             if bias is not None and new.bias is not None:
                 new.bias[:keep].copy_(bias[:keep])
-    new.weight.requires_grad_(weight.requires_grad)
+    new.weight.requires_grad_(bool(weight.requires_grad))
     new.train(old.training)
     return new
 
