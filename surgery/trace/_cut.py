@@ -185,6 +185,7 @@ class Traced:
     opaque: dict[str, str] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
     names: dict[str, fx.Node] = field(default_factory=dict)
+    engine: str = "torch.fx"  # hook (F): or "torch.export" (surgery/trace/_export.py)
 
     def index(self) -> dict[fx.Node, int]:
         return {n: i for i, n in enumerate(self.graph.nodes)}
@@ -278,7 +279,9 @@ def _fetch(t: Traced, target: str) -> Any:
     return functools.reduce(getattr, target.split("."), t.model)
 
 
-def split_points(model: nn.Module, traced: Traced | None = None) -> list[str]:
+def split_points(
+    model: nn.Module, traced: Traced | None = None, example_inputs: Any = None
+) -> list[str]:
     """Module paths (``named_modules`` order, root excluded) valid for ``split``/``cut``.
 
     These are the modules that ``forward`` calls (directly or inside traced
@@ -286,7 +289,7 @@ def split_points(model: nn.Module, traced: Traced | None = None) -> list[str]:
     iterated rather than called, or an auxiliary head that only runs in train
     mode) and modules inside an opaque step (e.g. ``MultiheadAttention.out_proj``).
     """
-    t = traced if traced is not None else trace_model(model)
+    t = traced if traced is not None else _trace(model, example_inputs, "auto")  # hook (F)
     return [name for name, _ in model.named_modules() if name and name in t.calls]
 
 
@@ -608,6 +611,7 @@ def _module(
     graph.lint()
     gm = fx.GraphModule(roots, graph, class_name=name)
     gm.training = model.training
+    gm.meta["surgery_engine"] = t.engine  # hook (F): which engine traced it
     return gm
 
 
@@ -645,7 +649,21 @@ def _context(op: str, model: nn.Module, path: object, e: SurgeryError) -> Surger
     return with_prefix(e, head, hint)
 
 
-def cut(model: nn.Module, path: str, *, copy: bool = True) -> nn.Module:
+def _trace(model: nn.Module, example_inputs: Any, engine: str) -> Traced:  # hook (F)
+    """torch.fx, then torch.export where fx fails (surgery/trace/_export.py)."""
+    from ._export import trace_with_fallback  # hook (F): _export imports Traced from here
+
+    return trace_with_fallback(model, example_inputs, trace_model, engine)  # type: ignore[no-any-return]
+
+
+def cut(
+    model: nn.Module,
+    path: str,
+    *,
+    copy: bool = True,
+    example_inputs: Any = None,
+    engine: str = "auto",
+) -> nn.Module:
     """A module computing what ``model``'s forward computes up to the output of ``path``.
 
     The model's own forward is traced with ``torch.fx``, so functional code
@@ -694,7 +712,7 @@ def cut(model: nn.Module, path: str, *, copy: bool = True) -> nn.Module:
     """
     _check_copy(copy)
     try:
-        t = trace_model(model)
+        t = _trace(model, example_inputs, engine)  # hook (F): fx, then torch.export
         plan = _plan(t, model, path, with_tail=False)
         g = _head_graph(plan)
         objs = _objects(t, [g], copy)
@@ -703,7 +721,14 @@ def cut(model: nn.Module, path: str, *, copy: bool = True) -> nn.Module:
         raise _context("cut", model, path, e) from None
 
 
-def split(model: nn.Module, path: str, *, copy: bool = True) -> tuple[nn.Module, nn.Module]:
+def split(
+    model: nn.Module,
+    path: str,
+    *,
+    copy: bool = True,
+    example_inputs: Any = None,
+    engine: str = "auto",
+) -> tuple[nn.Module, nn.Module]:
     """Split ``model`` after the module at ``path`` into ``(head, tail)``.
 
     ``tail(head(x))`` computes exactly ``model(x)``, for every module that
@@ -753,7 +778,7 @@ def split(model: nn.Module, path: str, *, copy: bool = True) -> tuple[nn.Module,
                 "cannot split at the root (path ''): name a module, e.g. "
                 f"{_first_child(model)!r}; use surgery.cut(model, '') for the whole forward"
             )
-        t = trace_model(model)
+        t = _trace(model, example_inputs, engine)  # hook (F): fx, then torch.export
         plan = _plan(t, model, path, with_tail=True)
         hg, tg = _head_graph(plan), _tail_graph(plan)
         objs = _objects(t, [hg, tg], copy)
