@@ -37,6 +37,7 @@ import contextlib
 import copy
 import inspect
 import itertools
+import typing
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -51,6 +52,8 @@ from .._errors import ArgumentError, SurgeryError, TraceError
 __all__ = [
     "ENGINE_EXPORT",
     "ENGINE_FX",
+    "example_data",
+    "example_output_shape",
     "example_shapes",
     "export_cut",
     "export_cut_points",
@@ -82,10 +85,23 @@ def _forward_parameters(model: nn.Module) -> tuple[list[str], bool, bool]:
         if p.kind is inspect.Parameter.VAR_POSITIONAL:
             var_pos = True
         elif p.kind is inspect.Parameter.VAR_KEYWORD:
-            var_kw = True
+            typed = _typed_kwargs(p.annotation)  # **kwargs: Unpack[SomeTypedDict]
+            if typed is None:
+                var_kw = True
+            else:
+                names += [k for k in typed if k not in names]
         else:
             names.append(p.name)
     return names, var_pos, var_kw
+
+
+def _typed_kwargs(annotation: Any) -> list[str] | None:
+    """The keys of ``**kwargs: Unpack[TypedDict]`` (transformers' ``TransformersKwargs``)."""
+    args = typing.get_args(annotation) if annotation is not inspect.Parameter.empty else ()
+    typed_dict = len(args) == 1 and getattr(args[0], "__total__", None) is not None
+    if typed_dict and isinstance(getattr(args[0], "__annotations__", None), dict):
+        return list(args[0].__annotations__)
+    return None
 
 
 def normalize_example_inputs(model: nn.Module, example_inputs: Any) -> Example:
@@ -208,11 +224,13 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text and text[0] else type(e).__name__
 
 
-def _export(model: nn.Module, example: Example) -> torch.export.ExportedProgram:
+def _export(model: nn.Module, example: Example, evaluate: bool) -> torch.export.ExportedProgram:
     args, kwargs = example
     device = _device_of(model)
     args, kwargs = _to(args, device), _to(kwargs, device)
     clone = _structural_copy(model)
+    if evaluate:
+        clone.eval()
     _without_cache(clone, kwargs)
     with _quiet(), torch.no_grad():
         return torch.export.export(clone, args, kwargs, strict=False)
@@ -240,11 +258,14 @@ def _module_calls(graph: fx.Graph, model: nn.Module) -> dict[str, list[Any]]:
     return calls
 
 
-def export_trace(model: nn.Module, example_inputs: Any = None, *, fx_error: Any = None) -> Any:
+def export_trace(
+    model: nn.Module, example_inputs: Any = None, *, fx_error: Any = None, evaluate: bool = False
+) -> Any:
     """Trace ``model`` with ``torch.export`` into a ``Traced`` the fx planner understands.
 
     The graph's output rebuilds the model's own output structure. Modules are
-    inlined, so ``leaves`` is empty and every parameter is a ``get_attr``.
+    inlined, so ``leaves`` is empty and every parameter is a ``get_attr``. The
+    graph follows the model's mode (``evaluate=True``: eval mode, for shapes).
 
     Raises:
         ArgumentError: ``example_inputs`` is malformed (see :func:`normalize_example_inputs`).
@@ -272,7 +293,7 @@ def export_trace(model: nn.Module, example_inputs: Any = None, *, fx_error: Any 
     else:
         example = normalize_example_inputs(model, example_inputs)
     try:
-        ep = _export(model, example)
+        ep = _export(model, example, evaluate)
         gm = ep.module()
     except Exception as e:
         raise _failure(model, fx_error, _reason(e)) from None
@@ -387,12 +408,54 @@ def export_output_shapes(model: nn.Module, example: Example) -> tuple[dict[str, 
 
     Shapes are lists of ints (nested like the outputs), as ``tree`` shows them.
     """
-    t = export_trace(model, _as_inputs(example))
+    t = export_trace(model, _as_inputs(example), evaluate=True)
     shapes = {path: _shape(structure) for path, (structure, *_) in t.calls.items()}
     output = next(n for n in reversed(t.graph.nodes) if n.op == "output")
     leaves, _spec = output.args[0].args
     vals = [n.meta.get("val") if isinstance(n, fx.Node) else n for n in leaves]
     return shapes, _shape(pytree.tree_unflatten(vals, t.attrs[_SPEC]))
+
+
+def example_output_shape(model: nn.Module, example: Example) -> tuple[Any, list[str]]:
+    """The output shape (tuples, a dict for a ``ModelOutput``) for ``verify``, and failures.
+
+    A meta copy runs in eval mode on meta twins of the example; where that
+    fails, ``torch.export`` gives the shape. A failure of both is reported.
+    """
+    from ._meta import eval_mode, meta_copy
+
+    clone = meta_copy(model)
+    args, kwargs = on_meta(example)
+    try:
+        with eval_mode(clone), torch.no_grad():
+            return _tuples(_shape(clone(*args, **kwargs))), []
+    except Exception as e:
+        meta_error = _reason(e)
+    try:
+        return _tuples(export_output_shapes(model, example)[1]), []
+    except SurgeryError as e:
+        return None, [
+            f"forward: fails on the meta device ({meta_error}) and "
+            + str(e).splitlines()[0].replace("torch.export cannot", "torch.export cannot", 1)
+        ]
+
+
+def example_data(model: nn.Module, example_inputs: Any) -> Any:
+    """``example_inputs`` as torchinfo's ``input_data``: a list of args or a dict of kwargs."""
+    args, kwargs = normalize_example_inputs(model, example_inputs)
+    if args and kwargs:  # pragma: no cover - normalize never mixes them
+        raise ArgumentError("example_inputs mixes positional and keyword inputs")
+    return dict(kwargs) if kwargs else list(args)
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
 
 
 def _as_inputs(example: Example) -> Any:

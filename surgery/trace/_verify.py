@@ -29,6 +29,7 @@ from torchinfo import summary as _torchinfo_summary
 
 from .._errors import ArgumentError, SurgeryError, VerificationError
 from ..paths._resolve import check_model
+from ._export import example_data, example_output_shape, example_shapes, normalize_example_inputs
 from ._meta import eval_mode, meta_copy, normalize_input_size
 
 __all__ = ["summary", "verify"]
@@ -68,7 +69,9 @@ def _run_torchinfo(model: nn.Module, input_size: Any, kwargs: dict[str, Any]) ->
         ) from e
 
 
-def summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -> ModelStatistics:
+def summary(
+    model: nn.Module, input_size: Any = None, *, example_inputs: Any = None, **torchinfo_kwargs: Any
+) -> ModelStatistics:
     """torchinfo's summary of ``model``, computed on a meta copy by default.
 
     The caller's model is never moved, run or changed (its train/eval modes
@@ -82,6 +85,9 @@ def summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -
         model: any ``nn.Module``.
         input_size: the input shape with the batch dimension, such as
             ``(1, 3, 224, 224)``, or a list of shapes for several inputs.
+        example_inputs: instead of ``input_size``: a tensor, a tuple, or a dict
+            of keyword inputs, given to torchinfo as ``input_data`` (keys are
+            checked against ``forward``'s parameters).
         **torchinfo_kwargs: passed to ``torchinfo.summary``.
 
     Returns:
@@ -101,6 +107,8 @@ def summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -
     """
     check_model(model, "summary")
     kwargs = dict(torchinfo_kwargs)
+    if example_inputs is not None:  # hook (F)
+        kwargs["input_data"] = example_data(model, example_inputs)  # hook (F)
     kwargs.setdefault("verbose", 0)
     device = kwargs.pop("device", None)
     target = torch.device(device) if device is not None else torch.device("meta")
@@ -443,8 +451,9 @@ def _fmt(value: Any) -> str:
 
 def verify(
     model: nn.Module,
-    input_size: Any,
+    input_size: Any = None,
     *,
+    example_inputs: Any = None,
     output_shape: Any = None,
     total_params: int | None = None,
     trainable_params: int | None = None,
@@ -459,6 +468,10 @@ def verify(
     Args:
         model: any ``nn.Module``.
         input_size: the input shape with the batch dimension, or a list of shapes.
+        example_inputs: instead of ``input_size``: a tensor, a tuple, or a dict
+            of keyword inputs (``{"input_ids": ids}``); where the meta forward
+            fails (most transformers models), ``torch.export`` gives the output
+            shape (a dict for a ``ModelOutput``: ``{"logits": (2, 3)}``).
         output_shape: the expected output shape (a tuple/dict of shapes for
             models with several outputs); ``None`` skips the check.
         total_params: the expected number of parameters; ``None`` skips it.
@@ -489,11 +502,20 @@ def verify(
           trainable_params: expected 0, got 11,689,512 (difference +11,689,512)
     """
     check_model(model, "verify")
-    sizes = normalize_input_size(input_size)
+    example = (
+        normalize_example_inputs(model, example_inputs) if example_inputs is not None else None
+    )  # hook (F)
+    if example is None and input_size is None:  # hook (F)
+        raise ArgumentError("verify needs input_size= or example_inputs=")  # hook (F)
+    sizes = (
+        normalize_input_size(input_size) if example is None else example_shapes(example)[0]
+    )  # hook (F)
     expected_shape = _normalize_shape(output_shape) if output_shape is not None else None
     want_total = _check_count(total_params, "total_params")
     want_trainable = _check_count(trainable_params, "trainable_params")
     types = list(dtypes) if dtypes is not None else [torch.float32] * len(sizes)
+    if example is not None and dtypes is None:  # hook (F)
+        types = example_shapes(example)[1]  # hook (F)
     if len(types) != len(sizes) or not all(isinstance(d, torch.dtype) for d in types):
         raise ArgumentError(f"dtypes must hold one torch.dtype per input, got {dtypes!r}")
 
@@ -502,13 +524,17 @@ def verify(
     inputs = [torch.empty(s, dtype=d, device="meta") for s, d in zip(sizes, types)]
     failures: list[str] = []
     shape: Any = None
-    try:
-        shape = _fast_output_shape(clone, inputs)
-    except Exception:
-        try:  # the shortcuts never decide a failure: the plain meta forward does
-            shape = _plain_output_shape(model, inputs)
-        except Exception as e:
-            failures.append(f"forward: fails on the meta device: {type(e).__name__}: {e}")
+    if example is not None:  # hook (F): meta forward on the example, then torch.export
+        shape, failed = example_output_shape(model, example)  # hook (F)
+        failures += failed  # hook (F)
+    else:
+        try:
+            shape = _fast_output_shape(clone, inputs)
+        except Exception:
+            try:  # the shortcuts never decide a failure: the plain meta forward does
+                shape = _plain_output_shape(model, inputs)
+            except Exception as e:
+                failures.append(f"forward: fails on the meta device: {type(e).__name__}: {e}")
     if expected_shape is not None and not failures and shape != expected_shape:
         failures.append(f"output_shape: expected {_fmt(expected_shape)}, got {_fmt(shape)}")
     for name, want, got in (
@@ -519,9 +545,10 @@ def verify(
             failures.append(f"{name}: expected {want:,}, got {got:,} (difference {got - want:+,})")
     if failures:
         shown = sizes[0] if len(sizes) == 1 else sizes
+        where = f"input_size={shown}" if example is None else f"example_inputs={shown}"  # hook (F)
         noun = "failed expectation" if len(failures) == 1 else "failed expectations"
         raise VerificationError(
-            f"verify({type(model).__name__}, input_size={shown}): {len(failures)} {noun}\n"
+            f"verify({type(model).__name__}, {where}): {len(failures)} {noun}\n"  # hook (F)
             + "\n".join(f"  {f}" for f in failures)
         )
     return VerifiedStatistics(model, sizes, types, total, trainable, shape)
