@@ -15,6 +15,7 @@ from torch import nn
 from .._errors import ArgumentError, SharedModuleWarning
 from ..paths._grammar import Path
 from ..paths._resolve import CONTAINERS, LIST_LIKE, Target, join_path, module_paths, resolve
+from ._hf_config import sync_for_delete, sync_for_insert
 
 __all__ = ["delete", "insert", "replace"]
 
@@ -84,7 +85,9 @@ def delete(model: nn.Module, path: str | Path) -> nn.Module:
     An entry of a Sequential/ModuleList/ModuleDict is removed (Sequential and
     ModuleList entries are re-indexed); any other child is replaced by
     ``nn.Identity`` so that ``forward`` keeps working. A slice removes all its
-    members and returns them in a container.
+    members and returns them in a container. On a transformers model's layer
+    list, the config (layer count, per-layer lists such as ``layer_types``) and
+    the layers' ``layer_idx`` follow (see docs/huggingface.md).
 
     Example:
         >>> import torchvision, surgery
@@ -100,11 +103,13 @@ def delete(model: nn.Module, path: str | Path) -> nn.Module:
     parent = target.parent
     if parent is None:
         raise ArgumentError("cannot delete the root (path '')")
+    sync = sync_for_delete(model, target)  # hook (F): a transformers config, planned first
     if target.is_slice:
         numbered = _is_numbered(parent)
         for k in target.member_keys:
             del parent._modules[k]
         _renumber(parent, numbered)
+        sync.apply()  # hook (F)
         return target.module
     assert target.key is not None
     _warn_shared(model, target, "deleting")
@@ -112,6 +117,7 @@ def delete(model: nn.Module, path: str | Path) -> nn.Module:
         numbered = isinstance(parent, LIST_LIKE) and _is_numbered(parent)
         del parent._modules[target.key]
         _renumber(parent, numbered)
+        sync.apply()  # hook (F)
     else:
         setattr(parent, target.key, nn.Identity())
     return target.module
@@ -181,10 +187,12 @@ def insert(
         new_key = "__surgery_new__"
     else:
         new_key = _fresh_key(parent, module, name)
+    sync = sync_for_insert(model, target, pos, module)  # hook (F): planned before the edit
     items = list(parent._modules.items())
     items.insert(pos, (new_key, module))
     parent._modules = OrderedDict(items)
     _renumber(parent, numbered)
+    sync.apply()  # hook (F)
     final_key = str(pos) if numbered else new_key
     prefix = target.name.rsplit(".", 1)[0] if "." in target.name else ""
     return join_path(prefix, final_key)
