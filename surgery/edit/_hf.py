@@ -45,7 +45,7 @@ _log = logging.getLogger("surgery")
 _HEADS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NOT_FOUND = (
     "cannot find the classification head of {cls}: {why}.\n"
-    "  Linear/convolution layers outside the base model {prefix!r}:\n{listing}\n"
+    "  {where}:\n{listing}\n"
     "  pass the head explicitly: surgery.replace_head(model, {n}, path={path!r})"
 )
 
@@ -155,29 +155,35 @@ def _outside_base(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def _classifier(model: nn.Module, num_classes: int) -> tuple[str, nn.Module]:
     cfg = getattr(model, "config", None)
     want = getattr(cfg, "num_labels", None)
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    base = getattr(model, prefix, None) is None  # the model is its own base model: no head
     layers = [(n, m) for n, m in _outside_base(model) if isinstance(m, _HEADS)]
-    matches = [(n, m) for n, m in layers if want is not None and _outputs(m) == want]
+    matches = (
+        [] if base else [(n, m) for n, m in layers if want is not None and _outputs(m) == want]
+    )
     if len(matches) == 1:
         return matches[0]
-    if getattr(model, getattr(model, "base_model_prefix", "") or "", None) is None:
-        layers = []  # the model is its own base model: nothing outside it is a head
-    shown = layers[-8:]
+    shown = matches or layers[-8:]
     listing = "\n".join(f"    {n!r} {_describe(m)}" for n, m in shown) or "    (none)"
-    if matches:
-        why = f"{len(matches)} layers have config.num_labels={want} outputs"
-        listing = "\n".join(f"    {n!r} {_describe(m)}" for n, m in matches)
-    elif layers:
-        why = f"no Linear/convolution layer outside the base model has config.num_labels={want} outputs"
-    else:
+    if base:
         why = "it is a base model, without a head (load a model class with a head)"
+        where = "its last Linear/convolution layers"
+    else:
+        where = f"Linear/convolution layers outside the base model {prefix!r}"
+        why = (
+            f"{len(matches)} layers have config.num_labels={want} outputs"
+            if matches
+            else f"no Linear/convolution layer outside the base model has "
+            f"config.num_labels={want} outputs"
+        )
     raise LayerNotFoundError(
         _NOT_FOUND.format(
             cls=type(model).__name__,
             why=why,
-            prefix=getattr(model, "base_model_prefix", ""),
+            where=where,
             listing=listing,
             n=num_classes,
-            path=(matches or shown)[-1][0] if (matches or shown) else "classifier",
+            path=shown[-1][0] if shown else "classifier",
         )
     )
 
