@@ -686,6 +686,11 @@ def cut(
             (or a torchvision node name, see above).
         copy: copy the parameters and buffers (default), so the result never
             shares them with ``model``; ``copy=False`` shares them on purpose.
+        example_inputs: where torch.fx cannot trace the model (transformers
+            models), torch.export runs on these: a tensor, a tuple, or a dict
+            of keyword inputs (``{"input_ids": ids}``); see docs/huggingface.md.
+            The result's ``meta["surgery_engine"]`` says which engine ran.
+        engine: ``"auto"`` (torch.fx, then torch.export), ``"fx"`` or ``"export"``.
 
     Returns:
         A ``torch.fx.GraphModule`` (a plain ``nn.Module``) in ``model``'s mode,
@@ -748,6 +753,10 @@ def split(
             with ``model``. Both parts are copied together, so a parameter
             both parts use (tied weights) stays tied between them. With
             ``copy=False`` both parts use ``model``'s own modules.
+        example_inputs: the inputs torch.export traces with where torch.fx
+            fails (a tensor, a tuple, or a dict of keyword inputs); the head
+            then takes them by name: ``tail(head(**inputs)) == model(**inputs)``.
+        engine: ``"auto"`` (torch.fx, then torch.export), ``"fx"`` or ``"export"``.
 
     Returns:
         ``(head, tail)``: two ``torch.fx.GraphModule`` in ``model``'s mode.
