@@ -462,3 +462,12 @@ def test_delete_outside_the_layer_list_leaves_config_alone() -> None:
     config = model.config.to_dict()
     surgery.delete(model, "bert.pooler")
     assert model.config.to_dict() == config
+
+
+def test_delete_whisper_encoder_layer_updates_encoder_count_only() -> None:
+    factory, example, _ = ZOO["whisper-encoder"]
+    encoder = factory()
+    surgery.delete(encoder, "layers[1]")
+    assert encoder.config.encoder_layers == 1 and encoder.config.decoder_layers == 2
+    with torch.no_grad():
+        assert encoder(**example()).last_hidden_state.shape == (2, 16, 32)

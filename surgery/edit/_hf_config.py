@@ -60,18 +60,17 @@ class LayerSync:
             setattr(module, attr, value)
 
 
-def _count_field(cfg: Any, length: int, path: str) -> str | None:
+def _count_fields(cfg: Any, length: int, path: str) -> list[str]:
+    """The config fields counting the layers of the list at ``path`` (aliases included).
+
+    Of an encoder-decoder's fields, ``decoder`` in the path picks the decoder's
+    (``decoder_layers``), otherwise the others (``encoder_layers``, and a
+    ``num_hidden_layers`` mirroring it).
+    """
     known = cfg.to_dict()
-    fields = [f for f in _COUNTS if known.get(f) == length and isinstance(known.get(f), int)]
-    if len(fields) > 1:
-        decoder = "decoder" in path.lower()
-        fields = [f for f in fields if ("decoder" in f) == decoder]
-    if len(fields) > 1:
-        raise ArgumentError(
-            f"cannot tell which config field counts the layers of {path!r}: "
-            f"{', '.join(fields)} all equal {length}; edit the config yourself after the change"
-        )
-    return fields[0] if fields else None
+    fields = [f for f in _COUNTS if isinstance(known.get(f), int) and known.get(f) == length]
+    decoder = "decoder" in path.lower()
+    return [f for f in fields if ("decoder" in f) == decoder]
 
 
 def plan_layer_sync(
@@ -88,18 +87,18 @@ def plan_layer_sync(
 
     Raises:
         ArgumentError: a per-layer config entry cannot be derived for an
-            inserted layer, or the layer-count field is ambiguous.
+            inserted layer.
     """
     cfg = getattr(model, "config", None)
     if not is_pretrained(model) or cfg is None or not isinstance(container, LIST_LIKE):
         return LayerSync()
     length = len(container)
-    count = _count_field(cfg, length, path)
-    if count is None:
+    counts = _count_fields(cfg, length, path)
+    if not counts:
         return LayerSync()
-    sync = LayerSync(cfg, {count: len(order)})
+    sync = LayerSync(cfg, dict.fromkeys(counts, len(order)))
     for key, value in cfg.to_dict().items():
-        if key == count or not isinstance(value, (list, tuple)) or len(value) != length:
+        if key in counts or not isinstance(value, (list, tuple)) or len(value) != length:
             continue
         entries = []
         for i in order:
