@@ -471,3 +471,25 @@ def test_delete_whisper_encoder_layer_updates_encoder_count_only() -> None:
     assert encoder.config.encoder_layers == 1 and encoder.config.decoder_layers == 2
     with torch.no_grad():
         assert encoder(**example()).last_hidden_state.shape == (2, 16, 32)
+
+
+def test_replace_head_lm_refusals_change_nothing() -> None:
+    model = gpt2_lm()
+    before = snapshot(model)
+    config = model.config.to_dict()
+    with pytest.raises(surgery.ArgumentError, match="cannot stay tied"):
+        surgery.replace_head(model, 0, tie=True)
+    with pytest.raises(surgery.ArgumentError, match="tie must be True, False or None"):
+        surgery.replace_head(model, 5, tie="yes")  # type: ignore[arg-type]
+    assert_unchanged(model, before)
+    assert model.config.to_dict() == config
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_replace_head_lm_zero_returns_hidden_states() -> None:
+    model = gpt2_lm()
+    with pytest.warns(surgery.SurgeryWarning, match="no longer tied"):
+        surgery.replace_head(model, 0)
+    assert isinstance(model.lm_head, nn.Identity) and model.config.tie_word_embeddings is False
+    with torch.no_grad():
+        assert model(_ids()["input_ids"]).logits.shape == (2, 7, 32)
