@@ -40,6 +40,7 @@ from torch import nn
 from .._errors import ArgumentError, PathError, PathNotFoundError, SurgeryError, TraceError
 from ..paths._grammar import parse_path
 from ..paths._resolve import check_model, resolve
+from ._export import trace_with_fallback  # hook (F)
 
 __all__ = [
     "Traced",
@@ -651,9 +652,12 @@ def _context(op: str, model: nn.Module, path: object, e: SurgeryError) -> Surger
 
 def _trace(model: nn.Module, example_inputs: Any, engine: str) -> Traced:  # hook (F)
     """torch.fx, then torch.export where fx fails (surgery/trace/_export.py)."""
-    from ._export import trace_with_fallback  # hook (F): _export imports Traced from here
-
-    return trace_with_fallback(model, example_inputs, trace_model, engine)  # type: ignore[no-any-return]
+    found = trace_with_fallback(model, example_inputs, trace_model, engine)  # hook (F)
+    if isinstance(found, Traced):  # hook (F)
+        return found  # hook (F)
+    return Traced(
+        found.model, found.graph, found.calls, set(), attrs=found.attrs, engine=found.engine
+    )  # hook (F)
 
 
 def cut(

@@ -8,9 +8,9 @@ the values) and records an ATen graph in which every node keeps the module
 stack it was created under (``node.meta["nn_module_stack"]``). From it:
 
 * **cut points** are module boundaries: the values computed inside a module's
-  call and used after it are that call's output (:func:`export_trace` fills
-  :class:`~surgery.trace._cut.Traced` with them, so the fx engine's planner
-  and builder serve both engines);
+  call and used after it are that call's output (:func:`export_trace` gives
+  them in the terms of the fx engine's ``Traced``, so its planner and builder
+  serve both engines: ``split(..., engine="export")`` forces this one);
 * **split / cut** are lossless: the head takes the example's inputs by name
   (``head(**inputs)``), the tail rebuilds the model's own output (a
   ``ModelOutput`` for transformers), and ``tail(head(**inputs)) == model(**inputs)``.
@@ -40,6 +40,7 @@ import itertools
 import typing
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -52,13 +53,12 @@ from .._errors import ArgumentError, SurgeryError, TraceError
 __all__ = [
     "ENGINE_EXPORT",
     "ENGINE_FX",
+    "ExportTrace",
     "example_data",
     "example_output_shape",
     "example_shapes",
-    "export_cut",
     "export_cut_points",
     "export_output_shapes",
-    "export_split",
     "export_trace",
     "normalize_example_inputs",
     "on_meta",
@@ -258,10 +258,29 @@ def _module_calls(graph: fx.Graph, model: nn.Module) -> dict[str, list[Any]]:
     return calls
 
 
+@dataclass
+class ExportTrace:
+    """A model traced by ``torch.export``, in the terms of the fx engine's ``Traced``.
+
+    Attributes:
+        model: the exported ``GraphModule`` (its parameters are the model's own
+            tensors, at the model's paths: ``get_attr`` targets resolve there).
+        graph: its graph; the output rebuilds the model's own output structure.
+        calls: module path -> the output of each call (``fx.Node`` or a tuple).
+        attrs: objects the graph reads that are not the model's (the output spec).
+    """
+
+    model: nn.Module
+    graph: fx.Graph
+    calls: dict[str, list[Any]]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    engine: str = ENGINE_EXPORT
+
+
 def export_trace(
     model: nn.Module, example_inputs: Any = None, *, fx_error: Any = None, evaluate: bool = False
 ) -> Any:
-    """Trace ``model`` with ``torch.export`` into a ``Traced`` the fx planner understands.
+    """Trace ``model`` with ``torch.export`` into an :class:`ExportTrace`.
 
     The graph's output rebuilds the model's own output structure. Modules are
     inlined, so ``leaves`` is empty and every parameter is a ``get_attr``. The
@@ -279,8 +298,6 @@ def export_trace(
         >>> t.engine, len(t.calls["layer1"]), sorted(t.calls)[:2]
         ('torch.export', 1, ['avgpool', 'bn1'])
     """
-    from ._cut import Traced  # the fx engine's data type; _cut imports this module lazily
-
     if example_inputs is None:
         example = _default_example(model)
         if example is None:
@@ -310,7 +327,7 @@ def export_trace(
         rebuilt = graph.call_function(pytree.tree_unflatten, (leaves, spec))
     output.args = (rebuilt,)
     calls = _module_calls(graph, model)
-    return Traced(gm, graph, calls, set(), {}, {_SPEC: out_spec}, {}, ENGINE_EXPORT)
+    return ExportTrace(gm, graph, calls, {_SPEC: out_spec})
 
 
 def _failure(model: nn.Module, fx_error: Any, why: str) -> TraceError:
@@ -367,40 +384,6 @@ def export_cut_points(model: nn.Module, example_inputs: Any = None) -> list[str]
     """
     t = export_trace(model, example_inputs)
     return [name for name, _ in model.named_modules() if name and name in t.calls]
-
-
-def export_split(
-    model: nn.Module, path: str, example_inputs: Any = None, *, copy: bool = True
-) -> tuple[nn.Module, nn.Module]:
-    """``surgery.split`` through the ``torch.export`` engine, whether or not fx could trace.
-
-    Example:
-        >>> import torch, torchvision
-        >>> m = torchvision.models.resnet18(weights=None).eval()
-        >>> x = torch.randn(1, 3, 32, 32)
-        >>> head, tail = export_split(m, "layer2", x)
-        >>> head.meta["surgery_engine"], torch.allclose(tail(head(x)), m(x), atol=1e-5)
-        ('torch.export', True)
-    """
-    from ._cut import split
-
-    return split(model, path, copy=copy, example_inputs=example_inputs, engine="export")
-
-
-def export_cut(
-    model: nn.Module, path: str, example_inputs: Any = None, *, copy: bool = True
-) -> nn.Module:
-    """``surgery.cut`` through the ``torch.export`` engine.
-
-    Example:
-        >>> import torch, torchvision
-        >>> m = torchvision.models.resnet18(weights=None).eval()
-        >>> export_cut(m, "layer3", torch.zeros(1, 3, 64, 64))(torch.zeros(1, 3, 64, 64)).shape
-        torch.Size([1, 256, 4, 4])
-    """
-    from ._cut import cut
-
-    return cut(model, path, copy=copy, example_inputs=example_inputs, engine="export")
 
 
 def export_output_shapes(model: nn.Module, example: Example) -> tuple[dict[str, Any], Any]:
