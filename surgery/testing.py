@@ -36,13 +36,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["assert_split_lossless", "cut_points", "split_points"]
 
 
-def split_points(model: nn.Module) -> list[str]:
+def split_points(model: nn.Module, *, example_inputs: Any = None) -> list[str]:
     """Every module path valid for :func:`surgery.split` / :func:`surgery.cut`, in order.
 
     The same list as :func:`surgery.cut_points` (kept here beside the
     :func:`cut_points` strategy): the modules ``forward`` calls, in
     ``named_modules`` order (the root excluded), and the containers it
-    iterates entry after entry. Does not need hypothesis.
+    iterates entry after entry. Does not need hypothesis. Where torch.fx
+    cannot trace the model, torch.export runs on ``example_inputs`` (a
+    tensor, a tuple or a dict of keyword inputs; see :func:`surgery.split`).
 
     Raises:
         TraceError: the model's forward cannot be traced.
@@ -54,7 +56,7 @@ def split_points(model: nn.Module) -> list[str]:
         >>> points[:5], points[-1], len(points)
         (['conv1', 'bn1', 'relu', 'maxpool', 'layer1'], 'fc', 67)
     """
-    return _split_points(model)
+    return _split_points(model, example_inputs=example_inputs)
 
 
 def cut_points(model: nn.Module) -> SearchStrategy[str]:

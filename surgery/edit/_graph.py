@@ -15,6 +15,7 @@ from .._errors import ArgumentError
 from ..paths._grammar import Path
 from ..paths._resolve import LIST_LIKE, check_model, join_path, resolve
 from ._engine import Planner, check_aliases, run_plan
+from ._hf_config import sync_for_delete, sync_for_insert
 from ._plan import EditPlan
 
 __all__ = ["delete", "insert", "replace"]
@@ -104,6 +105,9 @@ def delete(
     ``nn.Identity`` so that ``forward`` keeps working. A slice removes all its
     members and returns them in a container. A module reachable under several
     paths is removed from all of them (see :func:`replace` for ``aliases``).
+    On a transformers model's layer list, the config (layer count, per-layer
+    lists such as ``layer_types``) and the layers' ``layer_idx`` follow, as
+    settings of the same plan (see docs/huggingface.md).
 
     Args:
         model: the model to change, in place.
@@ -146,6 +150,8 @@ def delete(
                 planner.delete(member, path=name)
         else:
             planner.delete(target.module, path=target.name)
+        # a transformers config (layer count, per-layer lists, layer_idx): settings of the plan
+        sync_for_delete(model, target).plan_into(planner, model)
         plan = run_plan(planner.finish(policy), dry_run=dry_run)
         return plan if dry_run else target.module
 
@@ -165,7 +171,10 @@ def insert(
     ``path`` names an entry of a Sequential or ModuleList; numbered entries are
     re-indexed. In a Sequential with named entries the new entry is called
     ``name`` (default: the class name in lower case). If the container is
-    reachable under several paths, all of them see the new entry.
+    reachable under several paths, all of them see the new entry. On a
+    transformers model's layer list the config and ``layer_idx`` follow (as
+    for :func:`delete`); a per-layer config entry that cannot be derived for
+    the new layer is refused before anything changes.
 
     Args:
         model: the model to change, in place.
@@ -208,6 +217,8 @@ def insert(
         assert target.key is not None
         planner = Planner(model, "insert")
         planner.insert(parent, target.key, module, after=after, name=name)
+        position = list(parent._modules).index(target.key) + (1 if after else 0)
+        sync_for_insert(model, target, position, module).plan_into(planner, model)
         finished = planner.finish(policy)
         new_key = finished.edits[-1].path.rsplit(".", 1)[-1]
         plan = run_plan(finished, dry_run=dry_run)

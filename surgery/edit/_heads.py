@@ -22,6 +22,7 @@ from ._declared import plan_timm_reset
 from ._discover import CONV, HEAD_TYPES, declared_paths, describe, resolves, traced_heads, where
 from ._engine import Planner, check_aliases, run_plan
 from ._head_layers import check_count
+from ._hf import hf_label_sync, plan_hf_head
 from ._plan import EditPlan, Setting
 
 __all__ = ["replace_head"]
@@ -120,6 +121,7 @@ def replace_head(
     num_classes: int,
     *,
     path: str | Sequence[str] | None = None,
+    tie: bool | None = None,
     aliases: str = "warn",
     dry_run: bool = False,
 ) -> nn.Module | EditPlan:
@@ -151,12 +153,26 @@ def replace_head(
     ``flatten(avgpool(relu(features(x))))``, i.e. the average-pooled final
     features, ``(N, 512)``.
 
+    A Hugging Face ``transformers.PreTrainedModel`` uses the heads it declares
+    (nothing is traced): its LM head is ``get_output_embeddings()`` (a tied head
+    stays tied and is resized with the model's own ``resize_token_embeddings``;
+    ``tie=False`` gives a new, untied head and the input embedding keeps its
+    size; a ``SurgeryWarning`` says what happened to the tie); its
+    classification head is the one Linear layer outside the base model with
+    ``config.num_labels`` outputs, and ``config.num_labels``, ``id2label`` and
+    ``label2id`` follow the new count (see docs/huggingface.md). The config
+    values are settings of the plan, written in the same commit as the heads.
+
     Args:
         model: the model to change, in place.
         num_classes: outputs of the new head; 0 removes the head.
         path: the head's path (or a list of paths), when discovery is not wanted.
+        tie: for a transformers LM head only: None keeps the tie as it is,
+            False unties the head from the input embedding, True ties it.
         aliases: ``"warn"`` (default) or ``"error"`` for a shared head.
-        dry_run: return the :class:`~surgery.EditPlan` and change nothing.
+        dry_run: return the :class:`~surgery.EditPlan` and change nothing
+            (for a transformers model: not its config either; the plan's
+            settings show the ``config.*`` values it would write).
 
     Returns:
         ``model`` itself (the plan with ``dry_run=True``).
@@ -191,6 +207,14 @@ def replace_head(
         paths = _paths_arg(path)
         policy = check_aliases(aliases)
         planner = Planner(model, "replace_head")
+        hf = plan_hf_head(model, num_classes, path=paths, tie=tie, new_head=_new_head)
+        if hf is not None:  # a transformers model's declared head (and its config)
+            hf.plan_into(planner, model)
+            plan = run_plan(planner.finish(policy), dry_run=dry_run)
+            if dry_run:
+                return plan
+            hf.report(model)
+            return model
         how = "path="
         if paths is None:
             declared = [p for p in declared_paths(model, "classifier") if resolves(model, p)]
@@ -215,6 +239,9 @@ def replace_head(
         # every new module is built (and checked) before anything changes
         for name, old in heads.values():
             planner.replace(old, _new_head(old, num_classes, name), path=name)
+        # a transformers model's config.num_labels/id2label/label2id follow
+        labels = hf_label_sync(model, [old for _, old in heads.values()], num_classes)
+        labels.plan_into(planner, model)
         current = getattr(model, "num_classes", None)
         if isinstance(current, int) and not isinstance(current, bool) and current != num_classes:
             planner.set(

@@ -280,6 +280,7 @@ def _module(
     graph.lint()
     gm = fx.GraphModule(roots, graph, class_name=name)
     gm.training = model.training
+    gm.meta["surgery_engine"] = t.engine  # which engine traced it
     return gm
 
 
@@ -329,7 +330,14 @@ def _module_path(model: nn.Module, path: object) -> str:
     return stage if stage is not None else str(path)
 
 
-def cut(model: nn.Module, path: str, *, copy: bool = True) -> nn.Module:
+def cut(
+    model: nn.Module,
+    path: str,
+    *,
+    copy: bool = True,
+    example_inputs: Any = None,
+    engine: str = "auto",
+) -> nn.Module:
     """A module computing what ``model``'s forward computes up to the output of ``path``.
 
     The model's own forward is traced with ``torch.fx``, so functional code
@@ -359,6 +367,11 @@ def cut(model: nn.Module, path: str, *, copy: bool = True) -> nn.Module:
             (or a torchvision node name, or ``"stage:2"``, see above).
         copy: copy the parameters and buffers (default), so the result never
             shares them with ``model``; ``copy=False`` shares them on purpose.
+        example_inputs: where torch.fx cannot trace the model (transformers
+            models), torch.export runs on these: a tensor, a tuple, or a dict
+            of keyword inputs (``{"input_ids": ids}``); see docs/huggingface.md.
+            The result's ``meta["surgery_engine"]`` says which engine ran.
+        engine: ``"auto"`` (torch.fx, then torch.export), ``"fx"`` or ``"export"``.
 
     Returns:
         A ``torch.fx.GraphModule`` (a plain ``nn.Module``) in ``model``'s mode,
@@ -396,7 +409,7 @@ def cut(model: nn.Module, path: str, *, copy: bool = True) -> nn.Module:
             _check_copy(copy)
             check_model(model, "cut")
             target = _module_path(model, path)
-            t = trace_model(model)
+            t = trace_model(model, example_inputs=example_inputs, engine=engine)
             plan = _plan(t, model, target, with_tail=False)
             g = _head_graph(plan)
             objs = _objects(t, [g], copy)
@@ -405,7 +418,14 @@ def cut(model: nn.Module, path: str, *, copy: bool = True) -> nn.Module:
             raise _context("cut", model, path, e) from None
 
 
-def split(model: nn.Module, path: str, *, copy: bool = True) -> tuple[nn.Module, nn.Module]:
+def split(
+    model: nn.Module,
+    path: str,
+    *,
+    copy: bool = True,
+    example_inputs: Any = None,
+    engine: str = "auto",
+) -> tuple[nn.Module, nn.Module]:
     """Split ``model`` after the module at ``path`` into ``(head, tail)``.
 
     ``tail(head(x))`` computes exactly ``model(x)``, for every module that
@@ -429,6 +449,10 @@ def split(model: nn.Module, path: str, *, copy: bool = True) -> tuple[nn.Module,
             with ``model``. Both parts are copied together, so a parameter
             both parts use (tied weights) stays tied between them. With
             ``copy=False`` both parts use ``model``'s own modules.
+        example_inputs: the inputs torch.export traces with where torch.fx
+            fails (a tensor, a tuple, or a dict of keyword inputs); the head
+            then takes them by name: ``tail(head(**inputs)) == model(**inputs)``.
+        engine: ``"auto"`` (torch.fx, then torch.export), ``"fx"`` or ``"export"``.
 
     Returns:
         ``(head, tail)``: two ``torch.fx.GraphModule`` in ``model``'s mode.
@@ -462,7 +486,7 @@ def split(model: nn.Module, path: str, *, copy: bool = True) -> tuple[nn.Module,
                     "cannot split at the root (path ''): name a module, e.g. "
                     f"{_first_child(model)!r}; use surgery.cut(model, '') for the whole forward"
                 )
-            t = trace_model(model)
+            t = trace_model(model, example_inputs=example_inputs, engine=engine)
             plan = _plan(t, model, target, with_tail=True)
             hg, tg = _head_graph(plan), _tail_graph(plan)
             objs = _objects(t, [hg, tg], copy)

@@ -9,7 +9,11 @@ train/eval behaviour stays live) and timm's registered leaves are called as
 opaque steps; a submodule whose ``forward`` cannot be traced is found from
 the failure and becomes an opaque step too. timm's norm + activation layers
 (``BatchNormAct2d``) are traced through, with a live batch-norm step.
-Optional ``forward`` arguments are fixed to their defaults.
+Optional ``forward`` arguments are fixed to their defaults. Where torch.fx
+cannot trace the forward (most Hugging Face ``transformers`` models),
+``trace_model(..., engine="auto")`` falls back to the ``torch.export`` engine
+(:mod:`surgery.trace._export`), whose graph is given as a :class:`Traced` too,
+so cut, split and cut-point discovery serve both engines.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch import nn
 
 from .._errors import TraceError
 from ..paths._resolve import check_model
+from ._export import ENGINE_FX, ExportTrace, trace_with_fallback
 from ._meta import structural_copy
 
 __all__ = [
@@ -202,6 +207,9 @@ class Traced:
         attrs: constants ``torch.fx`` stowed on the root (``_tensor_constant0``...).
         names: torchvision-style node names (``"layer1.0.relu_1"``, ``"flatten"``),
             as ``get_graph_node_names`` gives them, -> node.
+        engine: the engine that traced it: ``"torch.fx"`` or ``"torch.export"``
+            (then ``model`` is the exported ``GraphModule``, whose ``get_attr``
+            targets are the model's own paths, and ``leaves`` is empty).
     """
 
     model: nn.Module
@@ -211,6 +219,7 @@ class Traced:
     opaque: dict[str, str] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
     names: dict[str, fx.Node] = field(default_factory=dict)
+    engine: str = ENGINE_FX
 
     def index(self) -> dict[fx.Node, int]:
         order = self.__dict__.get("_order")
@@ -269,10 +278,15 @@ def _drop_fixed_placeholders(graph: fx.Graph, fixed: dict[str, Any]) -> None:
 _CHECKS: tuple[Any, ...] = (torch._assert, getattr(fx._symbolic_trace, "_assert_is_none", None))
 
 
-def trace_model(model: nn.Module) -> Traced:
+def trace_model(model: nn.Module, *, example_inputs: Any = None, engine: str = "fx") -> Traced:
     """Trace a structural copy of ``model``; untraceable submodules become opaque steps.
 
-    The single entry point of tracing in `surgery`. The caller's model is never
+    The single entry point of tracing in `surgery`. ``engine="fx"`` (the
+    default) traces with ``torch.fx`` only; ``"auto"`` falls back to
+    ``torch.export`` (non-strict, on ``example_inputs`` or a
+    ``PreTrainedModel``'s ``dummy_inputs``) where torch.fx fails, and
+    ``"export"`` uses torch.export only (:func:`surgery.trace._export.trace_with_fallback`).
+    ``example_inputs`` is validated whichever engine runs. The caller's model is never
     touched: the trace runs on :func:`structural_copy` (fresh module objects
     sharing the tensors), so whatever forward writes into the model while it
     is traced (timm's ``attention_bias_cache``, fx's stowed constants) lands
@@ -281,10 +295,22 @@ def trace_model(model: nn.Module) -> Traced:
     graph's targets are paths into it.
 
     Raises:
+        ArgumentError: a bad ``engine`` or ``example_inputs``.
         TraceError: the failure is in the model's own ``forward`` (outside every
-            submodule), or retrying did not converge.
+            submodule), or retrying did not converge; with ``engine="auto"``
+            the message names both engines' failures.
     """
     check_model(model, "tracing")
+    found = trace_with_fallback(model, example_inputs, _trace_fx, engine)
+    if isinstance(found, ExportTrace):
+        return Traced(
+            found.model, found.graph, found.calls, set(), attrs=found.attrs, engine=found.engine
+        )
+    return found  # type: ignore[no-any-return]
+
+
+def _trace_fx(model: nn.Module) -> Traced:
+    """The torch.fx engine of :func:`trace_model`."""
     leaf_types = _default_leaf_types()
     fixed = concrete_defaults(model)
     opaque: dict[str, str] = {}

@@ -89,12 +89,18 @@ def _reaches(sources: list[fx.Node], targets: list[fx.Node], order: dict[fx.Node
     return False
 
 
-def split_points(model: nn.Module, traced: Traced | None = None) -> list[str]:
+def split_points(
+    model: nn.Module, traced: Traced | None = None, *, example_inputs: Any = None
+) -> list[str]:
     """Module paths (``named_modules`` order, root excluded) valid for ``split``/``cut``.
 
-    The implementation of :func:`cut_points`, which can reuse a trace.
+    The implementation of :func:`cut_points`, which can reuse a trace; without
+    one, torch.fx traces, then torch.export where fx fails (on ``example_inputs``).
     """
-    t = traced if traced is not None else trace_model(model)
+    if traced is not None:
+        t = traced
+    else:
+        t = trace_model(model, example_inputs=example_inputs, engine="auto")
     return [
         name
         for name, mod in model.named_modules()
@@ -102,7 +108,7 @@ def split_points(model: nn.Module, traced: Traced | None = None) -> list[str]:
     ]
 
 
-def cut_points(model: nn.Module) -> list[str]:
+def cut_points(model: nn.Module, *, example_inputs: Any = None) -> list[str]:
     """Every module path valid for :func:`surgery.cut` / :func:`surgery.split`, in order.
 
     The discovery function beside the action, as torchvision's
@@ -117,14 +123,24 @@ def cut_points(model: nn.Module) -> list[str]:
     ``cut``/``split`` accept torchvision's node names and, for timm models,
     ``"stage:N"``.
 
+    Where torch.fx cannot trace the model (transformers models), the points
+    come from ``torch.export`` on ``example_inputs`` (the module boundaries of
+    each node's module stack; see :func:`surgery.split`).
+
     Args:
         model: any traceable ``nn.Module``.
+        example_inputs: the inputs torch.export traces with where torch.fx
+            fails: a tensor, a tuple, or a dict of keyword inputs
+            (``{"input_ids": ids}``); a ``PreTrainedModel``'s ``dummy_inputs``
+            without them.
 
     Returns:
         The list of paths.
 
     Raises:
-        TraceError: the model's forward cannot be traced.
+        ArgumentError: ``example_inputs`` has keys that are not parameters of
+            ``forward`` (the message names them).
+        TraceError: the model's forward cannot be traced (by either engine).
 
     Example:
         >>> import torchvision, surgery
@@ -134,7 +150,7 @@ def cut_points(model: nn.Module) -> list[str]:
     """
     with operation("cut_points", model=model):
         check_model(model, "cut_points")
-        return split_points(model)
+        return split_points(model, example_inputs=example_inputs)
 
 
 _STAGE = re.compile(r"stage:(.*)")

@@ -19,6 +19,7 @@ from torchinfo import summary as _torchinfo_summary
 from .._boundary import operation
 from .._errors import ArgumentError, SurgeryError
 from ..paths._resolve import check_model
+from ._export import example_data
 from ._meta import eval_mode, meta_copy, normalize_input_size, structural_copy
 
 __all__ = ["count_parameters", "summary"]
@@ -56,7 +57,9 @@ def _run_torchinfo(model: nn.Module, input_size: Any, kwargs: dict[str, Any]) ->
     return stats
 
 
-def summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -> ModelStatistics:
+def summary(
+    model: nn.Module, input_size: Any = None, *, example_inputs: Any = None, **torchinfo_kwargs: Any
+) -> ModelStatistics:
     """torchinfo's summary of ``model``, computed on a meta copy by default.
 
     The caller's model is never moved, run or changed (its train/eval modes
@@ -71,6 +74,9 @@ def summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -
         model: any ``nn.Module``.
         input_size: the input shape with the batch dimension, such as
             ``(1, 3, 224, 224)``, or a list of shapes for several inputs.
+        example_inputs: instead of ``input_size``: a tensor, a tuple, or a dict
+            of keyword inputs, given to torchinfo as ``input_data`` (keys are
+            checked against ``forward``'s parameters).
         **torchinfo_kwargs: passed to ``torchinfo.summary``.
 
     Returns:
@@ -97,6 +103,8 @@ def summary(model: nn.Module, input_size: Any = None, **torchinfo_kwargs: Any) -
         if input_size is not None:
             normalize_input_size(input_size)  # checked here: torchinfo's errors are raw
         kwargs = dict(torchinfo_kwargs)
+        if example_inputs is not None:
+            kwargs["input_data"] = example_data(model, example_inputs)
         kwargs.setdefault("verbose", 0)
         device = kwargs.pop("device", None)
         try:

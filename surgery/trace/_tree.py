@@ -12,6 +12,7 @@ from torch import nn
 from .._boundary import operation
 from .._errors import ArgumentError, SurgeryError
 from ..paths._resolve import check_model, module_paths
+from ._export import example_shapes, export_output_shapes, normalize_example_inputs, on_meta
 from ._meta import eval_mode, meta_copy, meta_inputs
 
 __all__ = ["ModelTree", "TreeRow", "output_shapes", "tree"]
@@ -139,10 +140,15 @@ def _shape_of(value: Any) -> Any:
     return None
 
 
-def output_shapes(model: nn.Module, input_size: Any) -> tuple[dict[str, Any], Any]:
+def output_shapes(
+    model: nn.Module, input_size: Any, example_inputs: Any = None
+) -> tuple[dict[str, Any], Any]:
     """Each module's output shape (first call) and the model's, computed on a meta copy.
 
-    The caller's model is never moved, run or changed.
+    The caller's model is never moved, run or changed. With ``example_inputs``
+    (instead of ``input_size``) the meta copy runs on meta twins of them, and
+    where that forward fails (a transformers model reading a tensor's value),
+    the shapes come from ``torch.export`` (surgery/trace/_export.py).
 
     Raises:
         SurgeryError: the forward cannot run on the meta device.
@@ -156,13 +162,18 @@ def output_shapes(model: nn.Module, input_size: Any) -> tuple[dict[str, Any], An
             shapes.setdefault(name, _shape_of(out))
 
         handles.append(mod.register_forward_hook(hook))
-    inputs = meta_inputs(input_size)
+    example = None
+    if example_inputs is not None:
+        example = normalize_example_inputs(model, example_inputs)
+    args, kwargs = on_meta(example) if example is not None else (meta_inputs(input_size), {})
     try:
         with eval_mode(clone), torch.no_grad():
-            out = clone(*inputs)
+            out = clone(*args, **kwargs)
     except SurgeryError:
         raise
     except Exception as exc:
+        if example is not None:  # torch.export where the meta forward fails
+            return export_output_shapes(model, example)
         raise SurgeryError(
             f"{type(model).__name__} could not run on the meta device with input_size="
             f"{input_size!r}: {type(exc).__name__}: {exc}"
@@ -173,7 +184,13 @@ def output_shapes(model: nn.Module, input_size: Any) -> tuple[dict[str, Any], An
     return shapes, _shape_of(out)
 
 
-def tree(model: nn.Module, *, depth: int | None = None, input_size: Any = None) -> ModelTree:
+def tree(
+    model: nn.Module,
+    *,
+    depth: int | None = None,
+    input_size: Any = None,
+    example_inputs: Any = None,
+) -> ModelTree:
     """A readable tree of the model: paths, types, parameter counts, shapes.
 
     Args:
@@ -181,6 +198,10 @@ def tree(model: nn.Module, *, depth: int | None = None, input_size: Any = None) 
         depth: show paths of at most this many segments (1: top-level children).
         input_size: when given, each module's output shape, computed on a meta
             copy (no real compute, the model is untouched).
+        example_inputs: instead of ``input_size``: a tensor, a tuple, or a dict
+            of keyword inputs (``{"input_ids": ids}``); only shapes and dtypes
+            are used. Where the meta forward fails, ``torch.export`` gives the
+            shapes (see docs/huggingface.md).
 
     Returns:
         A :class:`ModelTree`: ``rows`` as data, ``str()`` as text, ``to_json()``.
@@ -198,9 +219,11 @@ def tree(model: nn.Module, *, depth: int | None = None, input_size: Any = None) 
         if depth is not None and (not isinstance(depth, int) or depth < 0):
             raise ArgumentError(f"depth must be a non-negative int or None, got {depth!r}")
         shapes: dict[str, Any] = {}
-        if input_size is not None:
-            shapes, final = output_shapes(model, input_size)
+        if input_size is not None or example_inputs is not None:
+            shapes, final = output_shapes(model, input_size, example_inputs)
             shapes[""] = final
+        if example_inputs is not None and input_size is None:
+            input_size = example_shapes(normalize_example_inputs(model, example_inputs))[0]
         paths = module_paths(model)
         rows: list[TreeRow] = []
         for name, mod in model.named_modules():

@@ -23,6 +23,7 @@ from torchinfo import ModelStatistics
 from .._boundary import operation
 from .._errors import ArgumentError, VerificationError
 from ..paths._resolve import check_model
+from ._export import example_output_shape, example_shapes, normalize_example_inputs
 from ._meta import normalize_input_size
 from ._shapes import MetaClone, fast_output_shape, plain_output_shape
 from ._summary import count_parameters, summary
@@ -110,8 +111,9 @@ def _fmt(value: Any) -> str:
 
 def verify(
     model: nn.Module,
-    input_size: Any,
+    input_size: Any = None,
     *,
+    example_inputs: Any = None,
     output_shape: Any = None,
     total_params: int | None = None,
     trainable_params: int | None = None,
@@ -126,6 +128,10 @@ def verify(
     Args:
         model: any ``nn.Module``.
         input_size: the input shape with the batch dimension, or a list of shapes.
+        example_inputs: instead of ``input_size``: a tensor, a tuple, or a dict
+            of keyword inputs (``{"input_ids": ids}``); where the meta forward
+            fails (most transformers models), ``torch.export`` gives the output
+            shape (a dict for a ``ModelOutput``: ``{"logits": (2, 3)}``).
         output_shape: the expected output shape (a tuple/dict of shapes for
             models with several outputs); ``None`` skips the check.
         total_params: the expected number of parameters; ``None`` skips it.
@@ -157,11 +163,21 @@ def verify(
     """
     with operation("verify", model=model):
         check_model(model, "verify")
-        sizes = normalize_input_size(input_size)
+        example = None
+        if example_inputs is not None:
+            example = normalize_example_inputs(model, example_inputs)
+        elif input_size is None:
+            raise ArgumentError("verify needs input_size= or example_inputs=")
+        if example is None:
+            sizes = normalize_input_size(input_size)
+        else:
+            sizes = example_shapes(example)[0]
         expected_shape = _normalize_shape(output_shape) if output_shape is not None else None
         want_total = _check_count(total_params, "total_params")
         want_trainable = _check_count(trainable_params, "trainable_params")
         types = list(dtypes) if dtypes is not None else [torch.float32] * len(sizes)
+        if example is not None and dtypes is None:
+            types = example_shapes(example)[1]
         if len(types) != len(sizes) or not all(isinstance(d, torch.dtype) for d in types):
             raise ArgumentError(f"dtypes must hold one torch.dtype per input, got {dtypes!r}")
 
@@ -170,13 +186,17 @@ def verify(
         inputs = [torch.empty(s, dtype=d, device="meta") for s, d in zip(sizes, types)]
         failures: list[str] = []
         shape: Any = None
-        try:
-            shape = fast_output_shape(clone, inputs)
-        except Exception:
-            try:  # the shortcuts never decide a failure: the plain meta forward does
-                shape = plain_output_shape(model, inputs)
-            except Exception as e:
-                failures.append(f"forward: fails on the meta device: {type(e).__name__}: {e}")
+        if example is not None:  # meta forward on the example, then torch.export
+            shape, failed = example_output_shape(model, example)
+            failures += failed
+        else:
+            try:
+                shape = fast_output_shape(clone, inputs)
+            except Exception:
+                try:  # the shortcuts never decide a failure: the plain meta forward does
+                    shape = plain_output_shape(model, inputs)
+                except Exception as e:
+                    failures.append(f"forward: fails on the meta device: {type(e).__name__}: {e}")
         if expected_shape is not None and not failures and shape != expected_shape:
             failures.append(f"output_shape: expected {_fmt(expected_shape)}, got {_fmt(shape)}")
         for name, want, got in (
@@ -189,9 +209,10 @@ def verify(
                 )
         if failures:
             shown = sizes[0] if len(sizes) == 1 else sizes
+            where = f"input_size={shown}" if example is None else f"example_inputs={shown}"
             noun = "failed expectation" if len(failures) == 1 else "failed expectations"
             raise VerificationError(
-                f"verify({type(model).__name__}, input_size={shown}): {len(failures)} {noun}\n"
+                f"verify({type(model).__name__}, {where}): {len(failures)} {noun}\n"
                 + "\n".join(f"  {f}" for f in failures)
             )
         return VerifiedStatistics(model, sizes, types, total, trainable, shape)
