@@ -310,12 +310,17 @@ def test_cut_points_and_cut_through_torch_export() -> None:
     points = split_points(model, example_inputs=_ids())
     assert points[:2] == ["bert", "bert.embeddings"]
     assert {f"bert.encoder.layer.{i}" for i in range(4)} <= set(points)
-    assert "bert.encoder.layer" not in points  # a ModuleList is iterated, not called
+    # an iterated ModuleList is a cut point too: after its last entry (as with torch.fx)
+    assert points.index("bert.encoder.layer") < points.index("bert.encoder.layer.0")
+    assert surgery.cut_points(model, example_inputs=_ids()) == points
     body = surgery.cut(model, "bert.encoder.layer.1", example_inputs=_ids())
+    whole = surgery.cut(model, "bert.encoder.layer", example_inputs=_ids())
+    assert body.meta["surgery_engine"] == "torch.export"
     with torch.no_grad():
-        hidden = body(**_ids())
-        ref = model.bert(**_ids(), output_hidden_states=True).hidden_states[2]
-    torch.testing.assert_close(hidden, ref)
+        hidden, last = body(**_ids()), whole(**_ids())
+        ref = model.bert(**_ids(), output_hidden_states=True).hidden_states
+    torch.testing.assert_close(hidden, ref[2])
+    torch.testing.assert_close(last, ref[4])
 
 
 def test_split_shares_with_copy_false() -> None:
@@ -493,3 +498,114 @@ def test_replace_head_lm_zero_returns_hidden_states() -> None:
     assert isinstance(model.lm_head, nn.Identity) and model.config.tie_word_embeddings is False
     with torch.no_grad():
         assert model(_ids()["input_ids"]).logits.shape == (2, 7, 32)
+
+
+# ----------------------------------------------------------------------------- dry runs on the engine
+
+
+def _settings(plan: Any) -> dict[tuple[str, str], tuple[Any, Any]]:
+    return {(s.path, s.attribute): (s.old, s.new) for s in plan.settings}
+
+
+def test_replace_head_dry_run_shows_config_settings_and_changes_nothing() -> None:
+    model = bert_cls()
+    before = snapshot(model)
+    config = model.config.to_dict()
+    plan = surgery.replace_head(model, 7, dry_run=True)
+    assert isinstance(plan, surgery.EditPlan)
+    assert [(e.action, e.path, e.new.out_features) for e in plan.edits] == [
+        ("replace", "classifier", 7)
+    ]
+    settings = _settings(plan)
+    assert settings[("", "config.num_labels")] == (2, 7)
+    assert settings[("", "num_labels")] == (2, 7)
+    assert settings[("", "config.id2label")][1] == {i: f"LABEL_{i}" for i in range(7)}
+    assert settings[("", "config.label2id")][1] == {f"LABEL_{i}": i for i in range(7)}
+    assert "config.num_labels" in str(plan)
+    assert {"path": "", "attribute": "config.num_labels", "old": 2, "new": 7} in plan.to_dict()[
+        "settings"
+    ]
+    assert_unchanged(model, before)
+    assert model.config.to_dict() == config
+    # the real run commits exactly the plan
+    surgery.replace_head(model, 7)
+    assert model.config.num_labels == 7 and model.classifier.out_features == 7
+
+
+def test_replace_head_lm_dry_run_shows_resize_without_warning_or_change() -> None:
+    model = gpt2_lm()
+    before = snapshot(model)
+    config = model.config.to_dict()
+    plan = surgery.replace_head(model, 120, dry_run=True)  # filterwarnings=error: no warning
+    assert [e.path for e in plan.edits] == ["transformer.wte", "lm_head"]
+    assert plan.edits[1].new.weight is plan.edits[0].new.weight  # planned tied
+    assert _settings(plan)[("", "config.vocab_size")] == (99, 120)
+    assert_unchanged(model, before)
+    assert model.config.to_dict() == config
+    assert model.lm_head.weight is model.transformer.wte.weight
+    untie = surgery.replace_head(model, 5, tie=False, dry_run=True)
+    assert [e.path for e in untie.edits] == ["lm_head"]
+    assert _settings(untie)[("", "config.tie_word_embeddings")] == (True, False)
+    assert_unchanged(model, before)
+    assert model.config.to_dict() == config
+
+
+def test_replace_head_refused_late_leaves_model_and_config_unchanged() -> None:
+    model = bert_cls()
+    model.extra = model.classifier  # a shared head: aliases="error" refuses at finish
+    before = snapshot(model)
+    config = model.config.to_dict()
+    with pytest.raises(surgery.ArgumentError, match="also reachable at 'extra'"):
+        surgery.replace_head(model, 7, aliases="error")
+    assert_unchanged(model, before)
+    assert model.config.to_dict() == config
+
+
+def test_delete_layer_dry_run_shows_config_sync_and_changes_nothing() -> None:
+    model = qwen2_lm()
+    before = snapshot(model)
+    config = model.config.to_dict()
+    plan = surgery.delete(model, "model.layers.1", dry_run=True)
+    assert [(e.action, e.path) for e in plan.edits] == [("delete", "model.layers.1")]
+    settings = _settings(plan)
+    assert settings[("", "config.num_hidden_layers")] == (4, 3)
+    assert settings[("", "config.layer_types")][1] == [
+        "full_attention",
+        "sliding_attention",
+        "sliding_attention",
+    ]
+    # paths after the edit: old layers 2 and 3 move to 1 and 2
+    assert settings[("model.layers.1.self_attn", "layer_idx")] == (2, 1)
+    assert settings[("model.layers.2.self_attn", "layer_idx")] == (3, 2)
+    assert_unchanged(model, before)
+    assert model.config.to_dict() == config
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2, 3]
+
+
+def test_insert_layer_dry_run_shows_config_sync_and_changes_nothing() -> None:
+    model = qwen2_lm()
+    layer = copy.deepcopy(model.model.layers[1])
+    before = snapshot(model)
+    config = model.config.to_dict()
+    plan = surgery.insert(model, "model.layers[3]", layer, dry_run=True)
+    assert [(e.action, e.path) for e in plan.edits] == [("insert", "model.layers.3")]
+    settings = _settings(plan)
+    assert settings[("", "config.num_hidden_layers")] == (4, 5)
+    assert settings[("", "config.layer_types")][1][3] == "full_attention"
+    # paths after the edit: the new layer at 3, the old layer 3 now at 4
+    assert settings[("model.layers.3.self_attn", "layer_idx")] == (1, 3)
+    assert settings[("model.layers.4.self_attn", "layer_idx")] == (3, 4)
+    assert_unchanged(model, before)
+    assert model.config.to_dict() == config
+    assert layer.self_attn.layer_idx == 1
+
+
+def test_delete_refused_late_leaves_config_unchanged() -> None:
+    model = gpt2_lm()
+    model.alias = model.transformer.h[1]
+    before = snapshot(model)
+    config = model.config.to_dict()
+    with pytest.raises(surgery.ArgumentError, match="aliases='error'"):
+        surgery.delete(model, "transformer.h.1", aliases="error")
+    assert_unchanged(model, before)
+    assert model.config.to_dict() == config

@@ -53,15 +53,15 @@ class LayerSync:
 
     config: Any = None
     values: dict[str, Any] = field(default_factory=dict)
-    indices: list[tuple[nn.Module, str, int]] = field(default_factory=list)
+    # (module, attribute, new value, its path after the edit: the index is the new value)
+    indices: list[tuple[nn.Module, str, int, str]] = field(default_factory=list)
 
     def plan_into(self, planner: Planner, model: nn.Module) -> None:
         """Record the config values and module indices as settings of ``planner``'s plan."""
         if self.config is None:
             return
         config_settings(planner, model, self.values)
-        for module, attr, value in self.indices:
-            where = (planner.paths_of(module) or ["?"])[0]
+        for module, attr, value, where in self.indices:
             old = getattr(module, attr)
             planner.set(module, "attr", attr, value, setting=Setting(where, attr, old, value))
 
@@ -130,11 +130,13 @@ def plan_layer_sync(
         layer = new if i is None else children[i]
         if layer is None:
             continue
-        for module in layer.modules():
+        prefix = f"{path}.{position}".lstrip(".")
+        for sub, module in layer.named_modules():
             for attr in _INDEX_ATTRS:
                 value = getattr(module, attr, None)
                 if isinstance(value, int) and not isinstance(value, bool) and value != position:
-                    sync.indices.append((module, attr, position))
+                    where = f"{prefix}.{sub}" if sub else prefix
+                    sync.indices.append((module, attr, position, where))
     return sync
 
 
