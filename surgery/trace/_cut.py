@@ -5,8 +5,10 @@ The engine has three steps, as everywhere in `surgery`:
 1. **trace** the model's own ``forward`` once, on a copy
    (:func:`surgery.trace._fx.trace_model`), recording the output of every
    module call; untraceable submodules become opaque steps, so only the code
-   that surrounds the cut must be traceable; the cut node is found by
-   :func:`surgery.trace._points.cut_structure`;
+   that surrounds the cut must be traceable; where torch.fx cannot trace the
+   forward at all (transformers models), ``torch.export`` does
+   (:mod:`surgery.trace._export`, ``engine=``/``example_inputs=``); the cut
+   node is found by :func:`surgery.trace._points.cut_structure`;
 2. **plan**: the cut node is the output of the module's first call; the head
    is everything that value needs, the tail everything else the output needs,
    and the values the tail needs from the head (skip connections, the input)

@@ -62,6 +62,7 @@ __all__ = [
     "export_trace",
     "normalize_example_inputs",
     "on_meta",
+    "shape_of",
     "trace_with_fallback",
 ]
 
@@ -386,11 +387,11 @@ def export_output_shapes(model: nn.Module, example: Example) -> tuple[dict[str, 
     Shapes are lists of ints (nested like the outputs), as ``tree`` shows them.
     """
     t = export_trace(model, _as_inputs(example), evaluate=True)
-    shapes = {path: _shape(structure) for path, (structure, *_) in t.calls.items()}
+    shapes = {path: shape_of(structure) for path, (structure, *_) in t.calls.items()}
     output = next(n for n in reversed(t.graph.nodes) if n.op == "output")
     leaves, _spec = output.args[0].args
     vals = [n.meta.get("val") if isinstance(n, fx.Node) else n for n in leaves]
-    return shapes, _shape(pytree.tree_unflatten(vals, t.attrs[_SPEC]))
+    return shapes, shape_of(pytree.tree_unflatten(vals, t.attrs[_SPEC]))
 
 
 def example_output_shape(model: nn.Module, example: Example) -> tuple[Any, list[str]]:
@@ -403,7 +404,7 @@ def example_output_shape(model: nn.Module, example: Example) -> tuple[Any, list[
     args, kwargs = on_meta(example)
     try:
         with eval_mode(clone), torch.no_grad():
-            return _tuples(_shape(clone(*args, **kwargs))), []
+            return _tuples(shape_of(clone(*args, **kwargs))), []
     except Exception as e:
         meta_error = _reason(e)
     try:
@@ -442,13 +443,15 @@ def _as_inputs(example: Example) -> Any:
     raise SurgeryError("example_inputs mixes positional and keyword inputs")  # pragma: no cover
 
 
-def _shape(value: Any) -> Any:
+def shape_of(value: Any) -> Any:
+    """Shapes as lists of ints, nested like ``value`` (dict keys as str; an ``fx.Node`` by its
+    ``meta["val"]``); None for what holds no tensor."""
     if isinstance(value, fx.Node):
         value = value.meta.get("val")
     if isinstance(value, torch.Tensor):
         return list(value.shape)
     if isinstance(value, dict):
-        return {str(k): _shape(v) for k, v in value.items()}
+        return {str(k): shape_of(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_shape(v) for v in value]
+        return [shape_of(v) for v in value]
     return None

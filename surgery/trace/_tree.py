@@ -12,7 +12,13 @@ from torch import nn
 from .._boundary import operation
 from .._errors import ArgumentError, SurgeryError
 from ..paths._resolve import check_model, module_paths
-from ._export import example_shapes, export_output_shapes, normalize_example_inputs, on_meta
+from ._export import (
+    example_shapes,
+    export_output_shapes,
+    normalize_example_inputs,
+    on_meta,
+    shape_of,
+)
 from ._meta import eval_mode, meta_copy, meta_inputs
 
 __all__ = ["ModelTree", "TreeRow", "output_shapes", "tree"]
@@ -130,16 +136,6 @@ def _fmt_shape(shape: Any) -> str:
     return str(shape)
 
 
-def _shape_of(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return list(value.shape)
-    if isinstance(value, dict):
-        return {str(k): _shape_of(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_shape_of(v) for v in value]
-    return None
-
-
 def output_shapes(
     model: nn.Module, input_size: Any, example_inputs: Any = None
 ) -> tuple[dict[str, Any], Any]:
@@ -159,7 +155,7 @@ def output_shapes(
     for name, mod in clone.named_modules():
 
         def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
-            shapes.setdefault(name, _shape_of(out))
+            shapes.setdefault(name, shape_of(out))
 
         handles.append(mod.register_forward_hook(hook))
     example = None
@@ -181,7 +177,7 @@ def output_shapes(
     finally:
         for h in handles:
             h.remove()
-    return shapes, _shape_of(out)
+    return shapes, shape_of(out)
 
 
 def tree(
