@@ -356,6 +356,7 @@ def test_tree_and_verify_with_example_inputs() -> None:
         lambda m, x: surgery.verify(m, example_inputs=x),
         lambda m, x: surgery.summary(m, example_inputs=x),
         lambda m, x: split_points(m, example_inputs=x),
+        lambda m, x: surgery.cut_points(m, example_inputs=x),
     ],
 )
 def test_wrong_example_keys_name_the_parameters(call: Callable[..., Any]) -> None:
@@ -363,6 +364,18 @@ def test_wrong_example_keys_name_the_parameters(call: Callable[..., Any]) -> Non
     before = snapshot(model)
     with pytest.raises(surgery.ArgumentError, match=r"'ids'.*its parameters are: input_ids, "):
         call(model, {"ids": torch.zeros(1, 3, dtype=torch.long)})
+    assert_unchanged(model, before)
+
+
+def test_engine_is_checked_and_fx_alone_fails_on_bert() -> None:
+    model = bert_cls()
+    before = snapshot(model)
+    with pytest.raises(surgery.ArgumentError, match="engine must be 'auto', 'fx' or 'export'") as e:
+        surgery.split(model, "bert.encoder.layer.1", engine="jit")
+    assert e.value.op == "split"
+    with pytest.raises(surgery.TraceError, match=r"torch\.fx cannot trace") as t:
+        surgery.cut(model, "bert.encoder.layer.1", example_inputs=_ids(), engine="fx")
+    assert "torch.export" not in str(t.value)
     assert_unchanged(model, before)
 
 
