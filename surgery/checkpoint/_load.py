@@ -91,8 +91,8 @@ def load_partial(
     before the load keeps working. Buffers (BatchNorm statistics) load too.
 
     Args:
-        source: a checkpoint path (``.pt``/``.pth``/``.bin``/``.ckpt`` read with
-            ``torch.load(weights_only=True, mmap=True)``, ``.safetensors``, a
+        source: a checkpoint path (``.pt``/``.pth``/``.bin``/``.ckpt``, read with
+            torch's weights-only unpickler, every record checked; ``.safetensors``; a
             sharded ``*.index.json``), a directory holding one, a Mapping of
             tensors, or an ``nn.Module``. A wrapper (``{"model": ...}``,
             ``{"state_dict": ...}``, ...) is unwrapped; ``key=`` picks one when
@@ -128,8 +128,8 @@ def load_partial(
 
     Into a model on the meta device (``with torch.device("meta"): model = ...``)
     exactly the loaded tensors are materialized: like
-    ``load_state_dict(assign=True)``, the memory-mapped or freshly read tensor
-    becomes the parameter's storage when the dtypes match (no extra copy; a
+    ``load_state_dict(assign=True)``, the freshly read tensor (memory-mapped
+    with ``mmap=True``) becomes the parameter's storage when the dtypes match (no extra copy; a
     Mapping source's own tensors are used as they are, an ``nn.Module`` source
     is copied). A parameter on meta is replaced by a new ``nn.Parameter``
     (``requires_grad`` kept); identity is kept for materialized parameters only.
