@@ -30,6 +30,7 @@ from ._errors import (
     VerificationError,
 )
 from .checkpoint._load import LoadReport, load_partial
+from .checkpoint._match import KeyMatch, match_keys
 from .checkpoint._save import save_state_dict
 from .edit._graph import delete, insert, replace
 from .edit._heads import adapt_input, create_head, replace_head
@@ -37,6 +38,7 @@ from .paths._grammar import Path, parse_path
 from .paths._resolve import find, get
 from .trace._compose import compose, take
 from .trace._cut import cut, split
+from .trace._transfer import TransferReport, check_transfer
 from .trace._tree import ModelTree, TreeRow, tree
 from .trace._verify import summary, verify
 from .train._cache import FeatureCache, precompute
@@ -49,6 +51,7 @@ __all__ = [
     "ArgumentError",
     "CheckpointError",
     "FeatureCache",
+    "KeyMatch",
     "LayerNotFoundError",
     "LoadError",
     "LoadReport",
@@ -64,11 +67,13 @@ __all__ = [
     "SurgeryError",
     "SurgeryWarning",
     "TraceError",
+    "TransferReport",
     "TrainableReport",
     "TrainableRow",
     "TreeRow",
     "VerificationError",
     "adapt_input",
+    "check_transfer",
     "compose",
     "create_head",
     "cut",
@@ -80,6 +85,7 @@ __all__ = [
     "insert",
     "layer_groups",
     "load_partial",
+    "match_keys",
     "param_groups",
     "parse_path",
     "precompute",

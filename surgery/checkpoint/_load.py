@@ -29,6 +29,7 @@ from torch import nn
 
 from .._errors import ArgumentError, LoadError, SurgeryError
 from ..paths._resolve import resolve
+from ._match import auto_rules, split_auto
 from ._materialize import MetaInit, install, is_dtensor, plan_init, read_for, run_init
 from ._rename import KeyFilter, RenameRules, RenameSpec
 from ._sources import TensorInfo, TensorSource, open_source
@@ -82,6 +83,9 @@ class LoadReport:
         initialized: model keys that were on the meta device, received no value
             and were materialized on CPU by their module's initializer
             (``init_missing=True``); they are in ``missing`` too.
+        how: with ``rename="auto"``: loaded model key -> how its checkpoint key
+            was found (``"name"``, ``"rename"`` or ``"structure"``, see
+            :func:`surgery.match_keys`); empty otherwise.
 
     Example:
         >>> import torchvision, surgery
@@ -106,6 +110,7 @@ class LoadReport:
     unwrapped: str | None = None
     dry_run: bool = False
     initialized: list[str] = field(default_factory=list)
+    how: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data (shapes as lists, dtypes as names)."""
@@ -121,6 +126,7 @@ class LoadReport:
             "unwrapped": self.unwrapped,
             "dry_run": self.dry_run,
             "initialized": list(self.initialized),
+            "how": dict(self.how),
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -158,7 +164,8 @@ class LoadReport:
         if self.renamed:
             lines.append(f"  renamed ({len(self.renamed)}, model <- checkpoint):")
             for k in sorted(self.renamed)[:_MAX_LOADED_SHOWN]:
-                lines.append(f"    {k!r} <- {self.renamed[k]!r}")
+                how = f"  [{self.how[k]}]" if k in self.how else ""
+                lines.append(f"    {k!r} <- {self.renamed[k]!r}{how}")
             if len(self.renamed) > _MAX_LOADED_SHOWN:
                 lines.append(f"    ... and {len(self.renamed) - _MAX_LOADED_SHOWN} more")
         if self.unused_rules:
@@ -842,6 +849,7 @@ def load_partial(
     transactional: bool = True,
     key: str | None = None,
     init_missing: bool = False,
+    on_ambiguous: str = "error",
 ) -> Any:
     """Load part of a checkpoint into a model, in place, all or nothing.
 
@@ -868,6 +876,10 @@ def load_partial(
             prefix wins), a list of ``(regex, replacement)`` pairs applied in
             order (``re.sub``, count 1; the replacement may be a callable on the
             match), or a callable ``key -> new key | None`` (None drops).
+            ``"auto"`` infers the mapping with :func:`surgery.match_keys` (by
+            name, then by structure; never by guess); ``["auto", {...}]``
+            applies the explicit rules first. Every inferred mapping is in
+            ``report.renamed`` and ``report.how``.
         strict: every model key under ``at`` must be loaded and every selected
             checkpoint key used.
         on_mismatch: ``"error"`` (default) or ``"skip"`` for shape mismatches.
@@ -885,6 +897,9 @@ def load_partial(
             module's own initializer (``reset_parameters()``, or
             MultiheadAttention's) and listed in ``report.initialized``. Without
             it, tensors left on meta are an error naming them.
+        on_ambiguous: with ``rename="auto"``: ``"error"`` (default) refuses when
+            a selected key could map to more than one key; ``"skip"`` leaves
+            those keys out (they end in ``missing`` / ``unexpected``).
 
     Into a model on the meta device (``with torch.device("meta"): model = ...``)
     exactly the loaded tensors are materialized: like
@@ -924,12 +939,22 @@ def load_partial(
         (30, 'layer4.0.conv1.weight')
     """
     _check_args(into, at, strict, on_mismatch, casting, dry_run, transactional, init_missing)
+    auto, rename = split_auto(rename)
+    if on_ambiguous not in ("error", "skip"):
+        raise ArgumentError(f"on_ambiguous must be 'error' or 'skip', got {on_ambiguous!r}")
+    if auto and into is None:
+        raise ArgumentError("rename='auto' matches keys against a model: pass into= too")
     rules = RenameRules.build(rename)
     src = open_source(source, key=key)
     owned = src is not source
     keep_open = False
     try:
         keyfilter = KeyFilter.build(include, exclude, src.keys())
+        match = None
+        if auto and into is not None:
+            rules, match = auto_rules(
+                src, keyfilter, rules, into, at, on_ambiguous=on_ambiguous, on_mismatch=on_mismatch
+            )
         key_map, selected = _select(src, keyfilter, rules)
         if into is None:
             keep_open = True
@@ -947,6 +972,8 @@ def load_partial(
             init_missing=init_missing,
         )
         plan.report.dry_run = dry_run
+        if match is not None:
+            plan.report.how = {k: match.how.get(k, "name") for k in plan.report.loaded}
         plan.copy_meta = isinstance(source, nn.Module)
         if not dry_run:
             _apply(plan, src, transactional=transactional)

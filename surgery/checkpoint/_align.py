@@ -1,0 +1,284 @@
+"""The structural key-matching algorithm behind :func:`surgery.match_keys`.
+
+Pure data in, pure data out: two sequences of :class:`Entry` (checkpoint and
+model tensors in registration order, with shapes, dtype kinds and names) become
+an :class:`Alignment`. Nothing here reads a tensor. ``docs/matching.md`` explains
+the algorithm; in short:
+
+1. **names**: a checkpoint key equal to a model key (after the caller's renames)
+   is that key; different shapes make it a mismatch.
+2. **order**: the remaining tensors of both sides are aligned as two sequences of
+   *tokens* (shape + dtype kind) in registration order, with a diff
+   (:class:`difflib.SequenceMatcher`, no junk heuristic). Two identical token
+   sequences align one to one (the only full alignment).
+3. **unique shapes**: a tensor whose shape and kind occur exactly once among all
+   checkpoint tensors and once among all model tensors is matched even when its
+   position moved (a ``pos_embed`` registered elsewhere).
+4. **ambiguity**: an aligned pair is only kept when no other alignment of the
+   same size exists locally: a free tensor (unaligned, or aligned ambiguously)
+   with the same token that could take the pair's place without crossing another
+   kept pair makes both ambiguous; this is repeated until nothing changes.
+5. **tie-breaks**: an ambiguous group is resolved only when the evidence picks
+   one candidate for each key, distinct: the module tree (the candidate lives in
+   the checkpoint module that the model key's module already maps to), then the
+   leaf name (``weight`` / ``running_mean``). Otherwise it stays ambiguous.
+6. **mismatches**: in a region the diff could not align, leftovers of equal
+   number that agree pairwise in kind, and in rank and leaf name or in size, are
+   reported as mismatched (a 1000- against a 10-class head; a ``(96, 1, 1)``
+   layer scale against a ``(96,)`` one), never matched.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["Alignment", "Entry", "align"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor: its key (as compared by name), token and shape."""
+
+    key: str
+    shape: tuple[int, ...]
+    kind: int  # 0 bool, 1 integer, 2 float, 3 complex
+
+    @property
+    def token(self) -> tuple[tuple[int, ...], int]:
+        return (self.shape, self.kind)
+
+    @property
+    def leaf(self) -> str:
+        return self.key.rpartition(".")[2]
+
+    @property
+    def parent(self) -> str:
+        return self.key.rpartition(".")[0]
+
+
+@dataclass
+class Alignment:
+    """Indices into the model and checkpoint sequences.
+
+    Attributes:
+        matched: model index -> (checkpoint index, "name" or "structure").
+        mismatched: model index -> checkpoint index (shapes differ).
+        ambiguous: groups of (model indices, candidate checkpoint indices).
+    """
+
+    matched: dict[int, tuple[int, str]] = field(default_factory=dict)
+    mismatched: dict[int, int] = field(default_factory=dict)
+    ambiguous: list[tuple[list[int], list[int]]] = field(default_factory=list)
+
+
+def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
+    """Match ``model`` entries to ``ckpt`` entries (see the module docstring)."""
+    out = Alignment()
+    by_name = {e.key: i for i, e in enumerate(ckpt)}
+    used_c: set[int] = set()
+    for j, e in enumerate(model):
+        i = by_name.get(e.key)
+        if i is None:
+            continue
+        used_c.add(i)
+        if ckpt[i].shape == e.shape:
+            out.matched[j] = (i, "name")
+        else:
+            out.mismatched[j] = i
+    rc = [i for i in range(len(ckpt)) if i not in used_c]
+    rm = [j for j in range(len(model)) if j not in out.matched and j not in out.mismatched]
+    if not rc or not rm:
+        return out
+    ids: dict[tuple[tuple[int, ...], int], int] = {}
+    tc = [ids.setdefault(ckpt[i].token, len(ids)) for i in rc]
+    tm = [ids.setdefault(model[j].token, len(ids)) for j in rm]
+    if tc == tm:  # the same structure: the one full alignment
+        for i, j in zip(rc, rm):
+            out.matched[j] = (i, "structure")
+        return out
+
+    # 2. order: a diff of the token sequences (positions are into rc / rm)
+    sm = difflib.SequenceMatcher(None, tc, tm, autojunk=False)
+    pairs: dict[int, int] = {}  # rm position -> rc position
+    regions: list[tuple[list[int], list[int]]] = []
+    for tag, a0, a1, b0, b1 in sm.get_opcodes():
+        if tag == "equal":
+            for k in range(a1 - a0):
+                pairs[b0 + k] = a0 + k
+        else:
+            regions.append((list(range(a0, a1)), list(range(b0, b1))))
+
+    # 3. unique shapes anywhere in both sides
+    count_c = Counter(e.token for e in ckpt)
+    count_m = Counter(e.token for e in model)
+    taken_c = set(pairs.values())
+    free_c = {ckpt[rc[p]].token: p for p in range(len(rc)) if p not in taken_c}
+    for q in range(len(rm)):
+        if q in pairs:
+            continue
+        tok = model[rm[q]].token
+        if count_c[tok] == 1 and count_m[tok] == 1 and tok in free_c:
+            pairs[q] = free_c.pop(tok)
+    unique = {
+        q
+        for q, p in pairs.items()
+        if count_c[ckpt[rc[p]].token] == 1 and count_m[model[rm[q]].token] == 1
+    }
+
+    # 4. ambiguity: free elements that could slide into a kept pair's place
+    groups = _ambiguity(tc, tm, pairs, unique)
+
+    # 5. tie-breaks for the ambiguous groups
+    certain = {q: p for q, p in pairs.items() if q not in groups}
+    resolved, left = _tie_break(ckpt, model, rc, rm, groups, certain, out)
+    certain.update(resolved)
+    for q, p in certain.items():
+        out.matched[rm[q]] = (rc[p], "structure")
+    for mq, cp in left:
+        out.ambiguous.append(([rm[q] for q in sorted(mq)], [rc[p] for p in sorted(cp)]))
+
+    # 6. mismatches: leftovers of a region that agree pairwise in rank and leaf name
+    busy_c = set(certain.values()) | {p for _, cp in left for p in cp}
+    busy_m = set(certain) | {q for mq, _ in left for q in mq}
+    for ra, rb in regions:
+        la = [p for p in ra if p not in busy_c]
+        lb = [q for q in rb if q not in busy_m]
+        if not la or len(la) != len(lb):
+            continue
+        if all(_counterparts(ckpt[rc[p]], model[rm[q]]) for p, q in zip(la, lb)):
+            for p, q in zip(la, lb):
+                out.mismatched[rm[q]] = rc[p]
+    return out
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _counterparts(c: Entry, m: Entry) -> bool:
+    """Two leftovers at the same place: same kind, and same rank and leaf name, or same size."""
+    if c.kind != m.kind:
+        return False
+    same_role = len(c.shape) == len(m.shape) and c.leaf == m.leaf
+    return same_role or _numel(c.shape) == _numel(m.shape)
+
+
+def _ambiguity(
+    tc: list[int], tm: list[int], pairs: dict[int, int], unique: set[int]
+) -> dict[int, tuple[set[int], set[int]]]:
+    """Pairs that another alignment of the same size could replace (see step 4).
+
+    Returns model position -> its group (model positions, checkpoint positions);
+    the positions of one group share the set objects.
+    """
+    if not pairs:
+        return {}
+    groups: dict[int, tuple[set[int], set[int]]] = {}
+    by_c = {p: q for q, p in pairs.items()}
+
+    def merge(qs: set[int], ps: set[int]) -> None:
+        ms, cs = set(qs), set(ps)
+        for q in list(qs):
+            if q in groups:
+                gm, gc = groups[q]
+                ms |= gm
+                cs |= gc
+        for q in ms:
+            groups[q] = (ms, cs)
+
+    changed = True
+    while changed:
+        changed = False
+        kept = sorted((p, q) for q, p in pairs.items() if q not in groups and q not in unique)
+        kept_c = [p for p, _ in kept]
+        kept_m = sorted(q for _, q in kept)
+        pos_c = {p: q for p, q in kept}
+        pos_m = {q: p for p, q in kept}
+        free_c = [p for p in range(len(tc)) if p not in by_c or by_c[p] in groups]
+        free_m = [q for q in range(len(tm)) if q not in pairs or q in groups]
+        for p in free_c:  # a free checkpoint tensor next to a kept pair of its token
+            for n in _neighbours(kept_c, p):
+                q = pos_c[n]
+                if tc[n] == tc[p] and q not in groups:
+                    merge({q}, {n, p})
+                    changed = True
+        for q in free_m:  # a free model tensor next to a kept pair of its token
+            for n in _neighbours(kept_m, q):
+                p = pos_m[n]
+                if tm[n] == tm[q] and n not in groups:
+                    merge({n, q}, {p})
+                    changed = True
+        if changed:
+            # a free element joins the groups it can slide into
+            for g_m, g_c in list(groups.values()):
+                for q in list(g_m):
+                    if q in pairs:
+                        g_c.add(pairs[q])
+    return groups
+
+
+def _neighbours(sorted_positions: list[int], p: int) -> list[int]:
+    import bisect
+
+    k = bisect.bisect_left(sorted_positions, p)
+    out = []
+    if k > 0:
+        out.append(sorted_positions[k - 1])
+    if k < len(sorted_positions) and sorted_positions[k] != p:
+        out.append(sorted_positions[k])
+    return out
+
+
+def _tie_break(
+    ckpt: list[Entry],
+    model: list[Entry],
+    rc: list[int],
+    rm: list[int],
+    groups: dict[int, tuple[set[int], set[int]]],
+    certain: dict[int, int],
+    out: Alignment,
+) -> tuple[dict[int, int], list[tuple[set[int], set[int]]]]:
+    """Resolve groups by the module tree, then leaf names; return (resolved, left)."""
+    # the module map proven so far: model parent -> checkpoint parents
+    parents: dict[str, set[str]] = {}
+    for j, (i, _how) in out.matched.items():
+        parents.setdefault(model[j].parent, set()).add(ckpt[i].parent)
+    for q, p in certain.items():
+        parents.setdefault(model[rm[q]].parent, set()).add(ckpt[rc[p]].parent)
+    resolved: dict[int, int] = {}
+    left: list[tuple[set[int], set[int]]] = []
+    seen: set[int] = set()
+    for q0, (g_m, g_c) in groups.items():
+        if id(g_m) in seen or q0 in seen:
+            continue
+        seen.add(id(g_m))
+        choice: dict[int, int] = {}
+        for q in g_m:
+            me = model[rm[q]]
+            home = parents.get(me.parent)
+            scored = []
+            for p in g_c:
+                ce = ckpt[rc[p]]
+                if ce.token != me.token:
+                    continue
+                tree = 2 if home is not None and len(home) == 1 and ce.parent in home else 0
+                leaf = 1 if ce.leaf == me.leaf else 0
+                scored.append((tree + leaf, p))
+            scored.sort(reverse=True)
+            if scored and scored[0][0] > 0 and (len(scored) == 1 or scored[1][0] < scored[0][0]):
+                choice[q] = scored[0][1]
+        complete = len(choice) == min(len(g_m), len(g_c))
+        distinct = len(set(choice.values())) == len(choice)
+        if choice and complete and distinct:
+            resolved.update(choice)
+            rest_m = g_m - set(choice)
+            if rest_m and len(g_c) > len(choice):
+                left.append((rest_m, g_c - set(choice.values())))
+        else:
+            left.append((g_m, g_c))
+    return resolved, left
