@@ -21,16 +21,24 @@ the algorithm; in short:
 5. **tie-breaks**: an ambiguous group is resolved only when the evidence picks
    one candidate for each key, distinct: the module tree (the candidate lives in
    the checkpoint module that the model key's module already maps to), then the
-   leaf name (``weight`` / ``running_mean``). Otherwise it stays ambiguous.
+   role (the same correspondence of paths with their numbers blanked,
+   ``block#-#.f.a.#.weight`` -> ``s#.b#.conv#.conv.weight``, is proven in another
+   instance of the block), then the leaf name (``weight`` / ``running_mean``).
+   Otherwise it stays ambiguous. The tensors left over by every step are aligned
+   once more when their token sequences are identical (a shortcut registered
+   first on one side and last on the other).
 6. **mismatches**: in a region the diff could not align, leftovers of equal
    number that agree pairwise in kind, and in rank and leaf name or in size, are
    reported as mismatched (a 1000- against a 10-class head; a ``(96, 1, 1)``
-   layer scale against a ``(96,)`` one), never matched.
+   layer scale against a ``(96,)`` one), never matched; with different numbers,
+   the leading leftovers of the region whose ranks and leaf names agree.
 """
 
 from __future__ import annotations
 
+import bisect
 import difflib
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -134,6 +142,13 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
     certain = {q: p for q, p in pairs.items() if q not in groups}
     resolved, left = _tie_break(ckpt, model, rc, rm, groups, certain, out)
     certain.update(resolved)
+    # the leftovers (neither kept nor ambiguous) again: identical sequences align one to one
+    busy_c = set(certain.values()) | {p for _, cp in left for p in cp}
+    busy_m = set(certain) | {q for mq, _ in left for q in mq}
+    lc = [p for p in range(len(rc)) if p not in busy_c]
+    lm = [q for q in range(len(rm)) if q not in busy_m]
+    if lc and [tc[p] for p in lc] == [tm[q] for q in lm]:
+        certain.update(zip(lm, lc))
     for q, p in certain.items():
         out.matched[rm[q]] = (rc[p], "structure")
     for mq, cp in left:
@@ -145,11 +160,17 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
     for ra, rb in regions:
         la = [p for p in ra if p not in busy_c]
         lb = [q for q in rb if q not in busy_m]
-        if not la or len(la) != len(lb):
+        if la and len(la) == len(lb):
+            if all(_counterparts(ckpt[rc[p]], model[rm[q]]) for p, q in zip(la, lb)):
+                for p, q in zip(la, lb):
+                    out.mismatched[rm[q]] = rc[p]
             continue
-        if all(_counterparts(ckpt[rc[p]], model[rm[q]]) for p, q in zip(la, lb)):
-            for p, q in zip(la, lb):
-                out.mismatched[rm[q]] = rc[p]
+        # different numbers: the leading leftovers that play the same role (rank, leaf name)
+        for p, q in zip(la, lb):
+            c, m = ckpt[rc[p]], model[rm[q]]
+            if c.kind != m.kind or len(c.shape) != len(m.shape) or c.leaf != m.leaf:
+                break
+            out.mismatched[rm[q]] = rc[p]
     return out
 
 
@@ -223,8 +244,6 @@ def _ambiguity(
 
 
 def _neighbours(sorted_positions: list[int], p: int) -> list[int]:
-    import bisect
-
     k = bisect.bisect_left(sorted_positions, p)
     out = []
     if k > 0:
@@ -232,6 +251,18 @@ def _neighbours(sorted_positions: list[int], p: int) -> list[int]:
     if k < len(sorted_positions) and sorted_positions[k] != p:
         out.append(sorted_positions[k])
     return out
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def _anon(key: str) -> str:
+    """The key with every number replaced: ``blocks.3.fc1.weight`` -> ``blocks.#.fc#.weight``."""
+    return _DIGITS.sub("#", key)
+
+
+def _strict_max(values: list[int], value: int) -> bool:
+    return value == max(values) and values.count(value) == 1
 
 
 def _tie_break(
@@ -250,6 +281,9 @@ def _tie_break(
         parents.setdefault(model[j].parent, set()).add(ckpt[i].parent)
     for q, p in certain.items():
         parents.setdefault(model[rm[q]].parent, set()).add(ckpt[rc[p]].parent)
+    # the correspondences of anonymized paths proven so far (another instance of a block)
+    roles = {(_anon(ckpt[i].key), _anon(model[j].key)) for j, (i, _h) in out.matched.items()}
+    roles |= {(_anon(ckpt[rc[p]].key), _anon(model[rm[q]].key)) for q, p in certain.items()}
     resolved: dict[int, int] = {}
     left: list[tuple[set[int], set[int]]] = []
     seen: set[int] = set()
@@ -257,28 +291,32 @@ def _tie_break(
         if id(g_m) in seen or q0 in seen:
             continue
         seen.add(id(g_m))
-        choice: dict[int, int] = {}
+        scores: dict[tuple[int, int], int] = {}
         for q in g_m:
             me = model[rm[q]]
             home = parents.get(me.parent)
-            scored = []
             for p in g_c:
                 ce = ckpt[rc[p]]
                 if ce.token != me.token:
                     continue
-                tree = 2 if home is not None and len(home) == 1 and ce.parent in home else 0
+                tree = 4 if home is not None and len(home) == 1 and ce.parent in home else 0
+                role = 2 if (_anon(ce.key), _anon(me.key)) in roles else 0
                 leaf = 1 if ce.leaf == me.leaf else 0
-                scored.append((tree + leaf, p))
-            scored.sort(reverse=True)
-            if scored and scored[0][0] > 0 and (len(scored) == 1 or scored[1][0] < scored[0][0]):
-                choice[q] = scored[0][1]
-        complete = len(choice) == min(len(g_m), len(g_c))
-        distinct = len(set(choice.values())) == len(choice)
-        if choice and complete and distinct:
-            resolved.update(choice)
-            rest_m = g_m - set(choice)
-            if rest_m and len(g_c) > len(choice):
-                left.append((rest_m, g_c - set(choice.values())))
-        else:
-            left.append((g_m, g_c))
+                scores[q, p] = tree + role + leaf
+        # a pair is taken when it is strictly the best of its row and of its column
+        best_q: dict[int, list[int]] = {}
+        best_p: dict[int, list[int]] = {}
+        for (q, p), sc in scores.items():
+            best_q.setdefault(q, []).append(sc)
+            best_p.setdefault(p, []).append(sc)
+        choice = {
+            q: p
+            for (q, p), sc in scores.items()
+            if sc > 0 and _strict_max(best_q[q], sc) and _strict_max(best_p[p], sc)
+        }
+        resolved.update(choice)
+        rest_m = g_m - set(choice)
+        rest_c = g_c - set(choice.values())
+        if rest_m and rest_c and any((q, p) in scores for q in rest_m for p in rest_c):
+            left.append((rest_m, rest_c))
     return resolved, left

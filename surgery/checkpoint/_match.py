@@ -171,7 +171,7 @@ _NUM = re.compile(r"\d+")
 def _split_common_suffix(c: str, m: str) -> tuple[str, str, str]:
     cs, ms = c.split("."), m.split(".")
     n = 0
-    while n < min(len(cs), len(ms)) - 1 and cs[-1 - n] == ms[-1 - n]:
+    while n < min(len(cs), len(ms)) and cs[-1 - n] == ms[-1 - n]:
         n += 1
     if n == 0:
         return c, m, ""
@@ -191,13 +191,27 @@ def _template(c: str, m: str) -> tuple[str, str]:
             pattern += re.escape(x.group())
         pos = x.end()
     pattern += re.escape(c[pos:])
-    repl, pos = "", 0
+    repl, pos, placed = "", 0, set()
     for x in _NUM.finditer(m):
         repl += m[pos : x.start()].replace("\\", "\\\\")
-        repl += f"\\{groups.index(x.group()) + 1}" if x.group() in groups else x.group()
+        if x.group() in groups and x.group() not in placed:  # each number is used once
+            placed.add(x.group())
+            repl += f"\\{groups.index(x.group()) + 1}"
+        else:
+            repl += x.group()
         pos = x.end()
     repl += m[pos:].replace("\\", "\\\\")
     return pattern, repl
+
+
+def _rule(cp: str, mp: str, rest: str) -> tuple[str, str]:
+    """The rule renaming prefix ``cp`` to ``mp`` in front of the common ``rest``."""
+    pat, repl = _template(cp, mp)
+    if not rest:
+        return f"^{pat}$", repl
+    if not cp:
+        return "^", f"{repl}."
+    return f"^{pat}\\.", f"{repl}." if mp else ""
 
 
 def _general_rules(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -206,8 +220,7 @@ def _general_rules(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     order: list[str] = []
     for c, m in pairs:
         cp, mp, rest = _split_common_suffix(c, m)
-        pat, repl = _template(cp, mp)
-        pat, repl = (f"^{pat}\\.", f"{repl}.") if rest else (f"^{pat}$", repl)
+        pat, repl = _rule(cp, mp, rest)
         if pat in rules and rules[pat] != repl:
             conflict.add(pat)
         elif pat not in rules:
@@ -217,9 +230,8 @@ def _general_rules(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     if conflict:  # literal rules for the keys whose generalization conflicts
         done = {p for p, _ in out}
         for c, m in pairs:
-            cp, mp, rest = _split_common_suffix(c, m)
-            pat, _ = _template(cp, mp)
-            if (f"^{pat}\\." if rest else f"^{pat}$") in done:
+            pat, _ = _rule(*_split_common_suffix(c, m))
+            if pat in done:
                 continue
             out.append((f"^{re.escape(c)}$", m.replace("\\", "\\\\")))
     return out
