@@ -24,11 +24,12 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
-            if t.is_floating_point():
-                if t.ndim == 1 and t.numel() and "var" in "":
-                    continue
-                t.copy_(torch.rand(t.shape, generator=g) * 0.2 + 0.9 if t.ndim == 1 else
-                        torch.randn(t.shape, generator=g) * (1.0 / max(1, t[0].numel()) ** 0.5))
+            if not t.is_floating_point():
+                continue
+            if t.ndim <= 1:  # norms, biases, statistics: near 1, positive
+                t.copy_(torch.rand(t.shape, generator=g) * 0.2 + 0.9)
+            else:  # weights: variance-preserving
+                t.copy_(torch.randn(t.shape, generator=g) / max(1, t[0].numel()) ** 0.5)
     return model
 
 
@@ -111,6 +112,10 @@ def test_twins_with_reshaped_tensors(
 ) -> None:
     tv = torchvision.models.get_model(tv_name, weights=None).eval()
     tm = timm.create_model(timm_name, pretrained=False).eval()
+    if tv_name.startswith("mobilenet"):  # the zoos differ in BatchNorm eps (1e-3 vs 1e-5)
+        for m in tm.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps = 1e-3
     x = torch.randn(1, 3, size, size)
     for a, b in ((tv, tm), (tm, tv)):
         randomize(a, seed=2)

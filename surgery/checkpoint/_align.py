@@ -100,78 +100,178 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
     if not rc or not rm:
         return out
     ids: dict[tuple[tuple[int, ...], int], int] = {}
-    tc = [ids.setdefault(ckpt[i].token, len(ids)) for i in rc]
-    tm = [ids.setdefault(model[j].token, len(ids)) for j in rm]
-    if tc == tm:  # the same structure: the one full alignment
-        for i, j in zip(rc, rm):
-            out.matched[j] = (i, "structure")
-        return out
+    tok = {("c", i): ids.setdefault(ckpt[i].token, len(ids)) for i in rc}
+    tok.update({("m", j): ids.setdefault(model[j].token, len(ids)) for j in rm})
+    count_c = Counter(e.token for e in ckpt)
+    count_m = Counter(e.token for e in model)
+    # rounds: each aligns what the previous ones left (crossing them is allowed: a
+    # shortcut registered first on one side and last on the other)
+    certain: dict[int, int] = {}  # model index -> checkpoint index
+    left: list[tuple[list[int], list[int]]] = []
+    regions: list[tuple[list[int], list[int]]] = []
+    pend_c, pend_m = rc, rm
+    for round_ in range(16):
+        tc = [tok["c", i] for i in pend_c]
+        tm = [tok["m", j] for j in pend_m]
+        if tc == tm:  # the same structure: the one full alignment
+            new = dict(zip(pend_m, pend_c))
+            left, regions = [], []
+        else:
+            new, left, regions = _structure_round(
+                ckpt, model, pend_c, pend_m, tc, tm, count_c, count_m, out, certain
+            )
+        if round_:  # crossing earlier rounds: whole modules only
+            new = _whole_modules(ckpt, model, new, certain)
+        if not new:
+            break
+        certain.update(new)
+        taken = set(new.values())
+        pend_c = [i for i in pend_c if i not in taken]
+        pend_m = [j for j in pend_m if j not in new]
+        left, regions = [], []
+        if not pend_c or not pend_m:
+            break
+    for j, i in certain.items():
+        out.matched[j] = (i, "structure")
+    out.ambiguous.extend(left)
 
+    # 6. mismatches: leftovers of a region that agree pairwise in rank and leaf name
+    busy_c = set(certain.values()) | {i for _, cs in left for i in cs}
+    busy_m = set(certain) | {j for ms, _ in left for j in ms}
+    for ra, rb in regions:
+        la = [i for i in ra if i not in busy_c]
+        lb = [j for j in rb if j not in busy_m]
+        if la and len(la) == len(lb):
+            if all(_counterparts(ckpt[i], model[j]) for i, j in zip(la, lb)):
+                for i, j in zip(la, lb):
+                    out.mismatched[j] = i
+            continue
+        # different numbers: the leading leftovers that play the same role (rank, leaf name)
+        for i, j in zip(la, lb):
+            c, m = ckpt[i], model[j]
+            if c.kind != m.kind or len(c.shape) != len(m.shape) or c.leaf != m.leaf:
+                break
+            out.mismatched[j] = i
+    return out
+
+
+def _structure_round(
+    ckpt: list[Entry],
+    model: list[Entry],
+    rc: list[int],
+    rm: list[int],
+    tc: list[int],
+    tm: list[int],
+    count_c: Counter[tuple[tuple[int, ...], int]],
+    count_m: Counter[tuple[tuple[int, ...], int]],
+    out: Alignment,
+    earlier: dict[int, int],
+) -> tuple[dict[int, int], list[tuple[list[int], list[int]]], list[tuple[list[int], list[int]]]]:
+    """Steps 2-5 on the pending tensors ``rc`` / ``rm`` (indices into ckpt / model).
+
+    Returns (new certain pairs model -> ckpt, ambiguous groups, unaligned regions),
+    all as indices into ``ckpt`` / ``model``.
+    """
     # 2. order: a diff of the token sequences (positions are into rc / rm)
     sm = difflib.SequenceMatcher(None, tc, tm, autojunk=False)
     pairs: dict[int, int] = {}  # rm position -> rc position
     regions: list[tuple[list[int], list[int]]] = []
+    runs: list[tuple[int, int, int]] = []  # (rc start, rm start, length)
     for tag, a0, a1, b0, b1 in sm.get_opcodes():
         if tag == "equal":
+            runs.append((a0, b0, a1 - a0))
             for k in range(a1 - a0):
                 pairs[b0 + k] = a0 + k
         else:
-            regions.append((list(range(a0, a1)), list(range(b0, b1))))
+            regions.append(([rc[p] for p in range(a0, a1)], [rm[q] for q in range(b0, b1)]))
 
     # 3. unique shapes anywhere in both sides
-    count_c = Counter(e.token for e in ckpt)
-    count_m = Counter(e.token for e in model)
     taken_c = set(pairs.values())
-    free_c = {ckpt[rc[p]].token: p for p in range(len(rc)) if p not in taken_c}
+    free_tok = {ckpt[rc[p]].token: p for p in range(len(rc)) if p not in taken_c}
     for q in range(len(rm)):
         if q in pairs:
             continue
-        tok = model[rm[q]].token
-        if count_c[tok] == 1 and count_m[tok] == 1 and tok in free_c:
-            pairs[q] = free_c.pop(tok)
+        t = model[rm[q]].token
+        if count_c[t] == 1 and count_m[t] == 1 and t in free_tok:
+            pairs[q] = free_tok.pop(t)
     unique = {
         q
         for q, p in pairs.items()
         if count_c[ckpt[rc[p]].token] == 1 and count_m[model[rm[q]].token] == 1
     }
 
-    # 4. ambiguity: free elements that could slide into a kept pair's place
-    groups = _ambiguity(tc, tm, pairs, unique)
+    # 4. ambiguity: whole runs that fit elsewhere, then free elements that slide
+    groups = _run_slides(tc, tm, runs, pairs)
+    groups = _ambiguity(tc, tm, pairs, unique, groups)
 
     # 5. tie-breaks for the ambiguous groups
     certain = {q: p for q, p in pairs.items() if q not in groups}
-    resolved, left = _tie_break(ckpt, model, rc, rm, groups, certain, out)
+    resolved, left = _tie_break(ckpt, model, rc, rm, groups, certain, out, earlier)
     certain.update(resolved)
-    # the leftovers (neither kept nor ambiguous) again: identical sequences align one to one
-    busy_c = set(certain.values()) | {p for _, cp in left for p in cp}
-    busy_m = set(certain) | {q for mq, _ in left for q in mq}
-    lc = [p for p in range(len(rc)) if p not in busy_c]
-    lm = [q for q in range(len(rm)) if q not in busy_m]
-    if lc and [tc[p] for p in lc] == [tm[q] for q in lm]:
-        certain.update(zip(lm, lc))
-    for q, p in certain.items():
-        out.matched[rm[q]] = (rc[p], "structure")
-    for mq, cp in left:
-        out.ambiguous.append(([rm[q] for q in sorted(mq)], [rc[p] for p in sorted(cp)]))
+    new = {rm[q]: rc[p] for q, p in certain.items()}
+    amb = [([rm[q] for q in sorted(mq)], [rc[p] for p in sorted(cp)]) for mq, cp in left]
+    return new, amb, regions
 
-    # 6. mismatches: leftovers of a region that agree pairwise in rank and leaf name
-    busy_c = set(certain.values()) | {p for _, cp in left for p in cp}
-    busy_m = set(certain) | {q for mq, _ in left for q in mq}
-    for ra, rb in regions:
-        la = [p for p in ra if p not in busy_c]
-        lb = [q for q in rb if q not in busy_m]
-        if la and len(la) == len(lb):
-            if all(_counterparts(ckpt[rc[p]], model[rm[q]]) for p, q in zip(la, lb)):
-                for p, q in zip(la, lb):
-                    out.mismatched[rm[q]] = rc[p]
-            continue
-        # different numbers: the leading leftovers that play the same role (rank, leaf name)
-        for p, q in zip(la, lb):
-            c, m = ckpt[rc[p]], model[rm[q]]
-            if c.kind != m.kind or len(c.shape) != len(m.shape) or c.leaf != m.leaf:
-                break
-            out.mismatched[rm[q]] = rc[p]
-    return out
+
+def _whole_modules(
+    ckpt: list[Entry], model: list[Entry], new: dict[int, int], earlier: dict[int, int]
+) -> dict[int, int]:
+    """The pairs of ``new`` that keep the module map one to one (with ``earlier`` ones).
+
+    A later round aligns leftovers across the order of earlier rounds; it is only
+    trusted where it pairs modules as wholes: every tensor of the model module
+    comes from one checkpoint module and every tensor of that module goes to it.
+    """
+    while new:
+        m_to_c: dict[str, set[str]] = {}
+        c_to_m: dict[str, set[str]] = {}
+        for j, i in list(earlier.items()) + list(new.items()):
+            m_to_c.setdefault(model[j].parent, set()).add(ckpt[i].parent)
+            c_to_m.setdefault(ckpt[i].parent, set()).add(model[j].parent)
+        kept = {
+            j: i
+            for j, i in new.items()
+            if len(m_to_c[model[j].parent]) == 1 and len(c_to_m[ckpt[i].parent]) == 1
+        }
+        if len(kept) == len(new):
+            return kept
+        new = kept
+    return new
+
+
+def _run_slides(
+    tc: list[int], tm: list[int], runs: list[tuple[int, int, int]], pairs: dict[int, int]
+) -> dict[int, tuple[set[int], set[int]]]:
+    """Runs of aligned tensors that fit as well at another free place (a second copy).
+
+    A run's token sequence found again in free positions of one side, with no other
+    aligned tensor in between, is an alignment of the same size: every pair of the
+    run is ambiguous, with the tensors of both places as candidates.
+    """
+    groups: dict[int, tuple[set[int], set[int]]] = {}
+    taken_c = set(pairs.values())
+    taken_m = set(pairs)
+    for side, seq, taken in (("c", tc, taken_c), ("m", tm, taken_m)):
+        for r, (a0, b0, n) in enumerate(runs):
+            start = a0 if side == "c" else b0
+            window = seq[start : start + n]
+            lo = (runs[r - 1][0 if side == "c" else 1] + runs[r - 1][2]) if r else 0
+            hi = runs[r + 1][0 if side == "c" else 1] if r + 1 < len(runs) else len(seq)
+            for s0 in range(lo, hi - n + 1):
+                if s0 == start or seq[s0] != window[0] or seq[s0 : s0 + n] != window:
+                    continue
+                if any(x in taken for x in range(s0, s0 + n)):
+                    continue
+                for k in range(n):
+                    q, p = b0 + k, a0 + k
+                    if side == "c":
+                        g = groups.setdefault(q, ({q}, {p}))
+                        g[1].add(s0 + k)
+                    else:
+                        g = groups.setdefault(q, ({q}, {p}))
+                        g[0].add(s0 + k)
+                        groups[s0 + k] = g
+    return groups
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -190,7 +290,11 @@ def _counterparts(c: Entry, m: Entry) -> bool:
 
 
 def _ambiguity(
-    tc: list[int], tm: list[int], pairs: dict[int, int], unique: set[int]
+    tc: list[int],
+    tm: list[int],
+    pairs: dict[int, int],
+    unique: set[int],
+    groups: dict[int, tuple[set[int], set[int]]],
 ) -> dict[int, tuple[set[int], set[int]]]:
     """Pairs that another alignment of the same size could replace (see step 4).
 
@@ -198,8 +302,7 @@ def _ambiguity(
     the positions of one group share the set objects.
     """
     if not pairs:
-        return {}
-    groups: dict[int, tuple[set[int], set[int]]] = {}
+        return groups
     by_c = {p: q for q, p in pairs.items()}
 
     def merge(qs: set[int], ps: set[int]) -> None:
@@ -273,16 +376,19 @@ def _tie_break(
     groups: dict[int, tuple[set[int], set[int]]],
     certain: dict[int, int],
     out: Alignment,
+    earlier: dict[int, int],
 ) -> tuple[dict[int, int], list[tuple[set[int], set[int]]]]:
     """Resolve groups by the module tree, then leaf names; return (resolved, left)."""
     # the module map proven so far: model parent -> checkpoint parents
     parents: dict[str, set[str]] = {}
-    for j, (i, _how) in out.matched.items():
+    proven = {j: i for j, (i, _how) in out.matched.items()}
+    proven.update(earlier)
+    for j, i in proven.items():
         parents.setdefault(model[j].parent, set()).add(ckpt[i].parent)
     for q, p in certain.items():
         parents.setdefault(model[rm[q]].parent, set()).add(ckpt[rc[p]].parent)
     # the correspondences of anonymized paths proven so far (another instance of a block)
-    roles = {(_anon(ckpt[i].key), _anon(model[j].key)) for j, (i, _h) in out.matched.items()}
+    roles = {(_anon(ckpt[i].key), _anon(model[j].key)) for j, i in proven.items()}
     roles |= {(_anon(ckpt[rc[p]].key), _anon(model[rm[q]].key)) for q, p in certain.items()}
     resolved: dict[int, int] = {}
     left: list[tuple[set[int], set[int]]] = []

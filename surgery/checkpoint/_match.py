@@ -209,8 +209,9 @@ def _rule(cp: str, mp: str, rest: str) -> tuple[str, str]:
     pat, repl = _template(cp, mp)
     if not rest:
         return f"^{pat}$", repl
-    if not cp:
-        return "^", f"{repl}."
+    if not cp:  # a prefix added in front of the whole key: one key at a time
+        pat_all, repl_all = _template(rest, f"{mp}.{rest}")
+        return f"^{pat_all}$", repl_all
     return f"^{pat}\\.", f"{repl}." if mp else ""
 
 
