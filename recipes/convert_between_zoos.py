@@ -55,7 +55,8 @@ def main() -> None:
     check(
         km.mapping["conv_proj.weight"] == "patch_embed.proj.weight"
         and km.mapping["class_token"] == "cls_token"
-        and km.mapping["encoder.layers.encoder_layer_11.mlp.3.weight"] == "blocks.11.mlp.fc2.weight",
+        and km.mapping["encoder.layers.encoder_layer_11.mlp.3.weight"]
+        == "blocks.11.mlp.fc2.weight",
         "conv_proj <- patch_embed.proj, class_token <- cls_token, mlp.3 <- mlp.fc2",
     )
     rules = km.rules()

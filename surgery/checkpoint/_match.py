@@ -255,7 +255,8 @@ def _match(
     root = target.module
     prefix = target.container_name if target.is_slice else target.name
     renamed: list[tuple[str, str]] = []  # (checkpoint key, renamed key)
-    for k in src.keys():
+    all_keys = src.keys()
+    for k in all_keys:
         if keyfilter.selects(k):
             new = rules.apply(k)
             if new is not None:
@@ -476,8 +477,10 @@ def auto_rules(
     """
     km = _match(src, keyfilter, rules, into, at)
     if km.ambiguous and on_ambiguous == "error":
-        lines = [f"{', '.join(map(repr, ms))} <- one of {', '.join(map(repr, cs))}"
-                 for ms, cs in km.ambiguous]
+        lines = [
+            f"{', '.join(map(repr, ms))} <- one of {', '.join(map(repr, cs))}"
+            for ms, cs in km.ambiguous
+        ]
         shown = "".join(f"\n    {x}" for x in lines[:_MAX_LISTED])
         raise LoadError(
             f"rename='auto': {len(km.ambiguous)} group(s) of keys of {type(into).__name__} "

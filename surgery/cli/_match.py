@@ -32,9 +32,11 @@ def _run(args: Any) -> int:
     km = match_keys(args.ckpt, model, at=args.at, include=args.include, exclude=args.exclude)
     if args.rules:
         rules = km.rules()
-        print(json.dumps(rules, indent=2) if args.json else "rename = [\n" + "".join(
-            f"    ({p!r}, {r!r}),\n" for p, r in rules
-        ) + "]")
+        print(
+            json.dumps(rules, indent=2)
+            if args.json
+            else "rename = [\n" + "".join(f"    ({p!r}, {r!r}),\n" for p, r in rules) + "]"
+        )
     elif args.json:
         print(km.to_json(indent=2))
     else:

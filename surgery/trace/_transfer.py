@@ -92,7 +92,7 @@ class TransferReport:
         for o in self.outputs:
             mark = "ok" if o.ok else "FAIL"
             lines.append(
-                f"  {o.name.ljust(width)}  {str(o.shape):<18} max abs {o.max_abs:.3g}  "
+                f"  {o.name.ljust(width)}  {o.shape!s:<18} max abs {o.max_abs:.3g}  "
                 f"max rel {o.max_rel:.3g}  {mark}"
             )
         return "\n".join(lines)
@@ -201,8 +201,8 @@ def check_transfer(
         bad = [o for o in report.outputs if not o.ok]
         if bad:
             rows = "".join(
-                f"\n    output {o.name} {o.shape}: max abs {o.max_abs:.3g}, max rel "
-                f"{o.max_rel:.3g}" for o in bad
+                f"\n    output {o.name} {o.shape}: max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}"
+                for o in bad
             )
             raise VerificationError(
                 f"outputs differ: output {bad[0].shape} max abs {bad[0].max_abs:.3g} exceeds "
