@@ -100,10 +100,12 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
     if not rc or not rm:
         return out
     ids: dict[tuple[tuple[int, ...], int], int] = {}
-    tok = {("c", i): ids.setdefault(ckpt[i].token, len(ids)) for i in rc}
-    tok.update({("m", j): ids.setdefault(model[j].token, len(ids)) for j in rm})
-    count_c = Counter(e.token for e in ckpt)
-    count_m = Counter(e.token for e in model)
+    tokens_c = [(e.shape, e.kind) for e in ckpt]
+    tokens_m = [(e.shape, e.kind) for e in model]
+    tok_c = {i: ids.setdefault(tokens_c[i], len(ids)) for i in rc}
+    tok_m = {j: ids.setdefault(tokens_m[j], len(ids)) for j in rm}
+    count_c = Counter(tokens_c)
+    count_m = Counter(tokens_m)
     # rounds: each aligns what the previous ones left (crossing them is allowed: a
     # shortcut registered first on one side and last on the other)
     certain: dict[int, int] = {}  # model index -> checkpoint index
@@ -111,8 +113,8 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
     regions: list[tuple[list[int], list[int]]] = []
     pend_c, pend_m = rc, rm
     for round_ in range(16):
-        tc = [tok["c", i] for i in pend_c]
-        tm = [tok["m", j] for j in pend_m]
+        tc = [tok_c[i] for i in pend_c]
+        tm = [tok_m[j] for j in pend_m]
         if tc == tm:  # the same structure: the one full alignment
             new = dict(zip(pend_m, pend_c))
             left, regions = [], []
@@ -120,8 +122,8 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
             new, left, regions = _structure_round(
                 ckpt, model, pend_c, pend_m, tc, tm, count_c, count_m, out, certain
             )
-        if round_:  # crossing earlier rounds: whole modules only
-            new = _whole_modules(ckpt, model, new, certain)
+        if round_:  # crossing earlier rounds: only unambiguous rounds, whole modules only
+            new = {} if left else _whole_modules(ckpt, model, new, certain)
         if not new:
             break
         certain.update(new)
@@ -131,6 +133,7 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
         left, regions = [], []
         if not pend_c or not pend_m:
             break
+    left.extend(_split_modules(ckpt, model, rc, rm, certain, left, count_c, count_m))
     for j, i in certain.items():
         out.matched[j] = (i, "structure")
     out.ambiguous.extend(left)
@@ -153,6 +156,66 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
                 break
             out.mismatched[j] = i
     return out
+
+
+def _split_modules(
+    ckpt: list[Entry],
+    model: list[Entry],
+    rc: list[int],
+    rm: list[int],
+    certain: dict[int, int],
+    left: list[tuple[list[int], list[int]]],
+    count_c: Counter[tuple[tuple[int, ...], int]],
+    count_m: Counter[tuple[tuple[int, ...], int]],
+) -> list[tuple[list[int], list[int]]]:
+    """Demote structural pairs that split a module (removed from ``certain``, in place).
+
+    A module whose tensors are matched by order (shapes unique on both sides
+    aside) to more than one module of the other side, or only partly matched while
+    a tensor of the same shape is left over on the other side, was cut by a
+    coincidence of shapes: those pairs become ambiguous. Repeats until stable.
+    """
+    groups: list[tuple[list[int], list[int]]] = []
+    in_left_c = {i for _, cs in left for i in cs}
+    in_left_m = {j for ms, _ in left for j in ms}
+    while True:
+        ordered = {
+            j: i
+            for j, i in certain.items()
+            if not (count_c[ckpt[i].token] == 1 and count_m[model[j].token] == 1)
+        }
+        m_to_c: dict[str, set[str]] = {}
+        c_to_m: dict[str, set[str]] = {}
+        for j, i in ordered.items():
+            m_to_c.setdefault(model[j].parent, set()).add(ckpt[i].parent)
+            c_to_m.setdefault(ckpt[i].parent, set()).add(model[j].parent)
+        taken_c = set(certain.values())
+        free_c = [i for i in rc if i not in taken_c and i not in in_left_c]
+        free_m = [j for j in rm if j not in certain and j not in in_left_m]
+        free_tok_c = {ckpt[i].token for i in free_c}
+        free_tok_m = {model[j].token for j in free_m}
+        partial_m = {model[j].parent for j in free_m if model[j].token in free_tok_c}
+        partial_c = {ckpt[i].parent for i in free_c if ckpt[i].token in free_tok_m}
+        bad = {
+            j
+            for j, i in ordered.items()
+            if len(m_to_c[model[j].parent]) > 1
+            or len(c_to_m[ckpt[i].parent]) > 1
+            or model[j].parent in partial_m
+            or ckpt[i].parent in partial_c
+        }
+        if not bad:
+            return groups
+        by_module: dict[str, list[int]] = {}
+        for j in bad:
+            by_module.setdefault(model[j].parent, []).append(j)
+        for js in by_module.values():
+            cs = {certain.pop(j) for j in js}
+            toks = {model[j].token for j in js}
+            cs |= {i for i in free_c if ckpt[i].token in toks}
+            groups.append((sorted(js), sorted(cs)))
+            in_left_m.update(js)
+            in_left_c.update(cs)
 
 
 def _structure_round(
@@ -271,7 +334,40 @@ def _run_slides(
                         g = groups.setdefault(q, ({q}, {p}))
                         g[0].add(s0 + k)
                         groups[s0 + k] = g
+        # a suffix (prefix) of a run shifted into the free tensors right after (before) it
+        for r, (a0, b0, n) in enumerate(runs):
+            start = a0 if side == "c" else b0
+            end = start + n
+            nxt = runs[r + 1][0 if side == "c" else 1] if r + 1 < len(runs) else len(seq)
+            prv = (runs[r - 1][0 if side == "c" else 1] + runs[r - 1][2]) if r else 0
+            for d in range(1, min(nxt - end, _MAX_SHIFT) + 1):
+                k = 0
+                while k < min(n, _MAX_SHIFT) and seq[end - 1 - k] == seq[end - 1 - k + d]:
+                    k += 1
+                for x in range(end - k, end):
+                    _add(groups, side, b0 + (x - start), a0 + (x - start), x + d)
+            for d in range(1, min(start - prv, _MAX_SHIFT) + 1):
+                k = 0
+                while k < min(n, _MAX_SHIFT) and seq[start + k] == seq[start + k - d]:
+                    k += 1
+                for x in range(start, start + k):
+                    _add(groups, side, b0 + (x - start), a0 + (x - start), x - d)
     return groups
+
+
+_MAX_SHIFT = 512
+
+
+def _add(
+    groups: dict[int, tuple[set[int], set[int]]], side: str, q: int, p: int, other: int
+) -> None:
+    """Pair (q, p) could also be (q, other) [side "c"] or (other, p) [side "m"]."""
+    g = groups.setdefault(q, ({q}, {p}))
+    if side == "c":
+        g[1].add(other)
+    else:
+        g[0].add(other)
+        groups[other] = g
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -30,14 +30,24 @@ __all__ = ["KeyMatch", "auto_rules", "match_keys", "split_auto"]
 _MAX_LISTED = 50
 
 
+_KINDS: dict[torch.dtype, int] = {}
+
+
 def _kind(dtype: torch.dtype) -> int:
-    if dtype == torch.bool:
-        return 0
-    if dtype.is_complex:
-        return 3
-    if dtype.is_floating_point:
-        return 2
-    return 1
+    """0 bool, 1 integer, 2 floating point, 3 complex."""
+    kind = _KINDS.get(dtype)
+    if kind is None:
+        kind = (
+            0
+            if dtype == torch.bool
+            else 3
+            if dtype.is_complex
+            else 2
+            if dtype.is_floating_point
+            else 1
+        )
+        _KINDS[dtype] = kind
+    return kind
 
 
 @dataclass
