@@ -41,13 +41,13 @@ import difflib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = ["Alignment", "Entry", "align"]
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One tensor: its key (as compared by name), token and shape."""
+class Entry(NamedTuple):
+    """One tensor: its key (as compared by name), shape and dtype kind."""
 
     key: str
     shape: tuple[int, ...]
@@ -133,7 +133,8 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
         left, regions = [], []
         if not pend_c or not pend_m:
             break
-    left.extend(_split_modules(ckpt, model, rc, rm, certain, left, count_c, count_m))
+    if not (round_ == 0 and not left and not regions):  # not the one full alignment
+        left.extend(_split_modules(ckpt, model, rc, rm, certain, left, count_c, count_m))
     for j, i in certain.items():
         out.matched[j] = (i, "structure")
     out.ambiguous.extend(left)
@@ -176,6 +177,8 @@ def _split_modules(
     coincidence of shapes: those pairs become ambiguous. Repeats until stable.
     """
     groups: list[tuple[list[int], list[int]]] = []
+    parent_c = {i: ckpt[i].parent for i in rc}
+    parent_m = {j: model[j].parent for j in rm}
     in_left_c = {i for _, cs in left for i in cs}
     in_left_m = {j for ms, _ in left for j in ms}
     while True:
@@ -187,28 +190,28 @@ def _split_modules(
         m_to_c: dict[str, set[str]] = {}
         c_to_m: dict[str, set[str]] = {}
         for j, i in ordered.items():
-            m_to_c.setdefault(model[j].parent, set()).add(ckpt[i].parent)
-            c_to_m.setdefault(ckpt[i].parent, set()).add(model[j].parent)
+            m_to_c.setdefault(parent_m[j], set()).add(parent_c[i])
+            c_to_m.setdefault(parent_c[i], set()).add(parent_m[j])
         taken_c = set(certain.values())
         free_c = [i for i in rc if i not in taken_c and i not in in_left_c]
         free_m = [j for j in rm if j not in certain and j not in in_left_m]
         free_tok_c = {ckpt[i].token for i in free_c}
         free_tok_m = {model[j].token for j in free_m}
-        partial_m = {model[j].parent for j in free_m if model[j].token in free_tok_c}
-        partial_c = {ckpt[i].parent for i in free_c if ckpt[i].token in free_tok_m}
+        partial_m = {parent_m[j] for j in free_m if model[j].token in free_tok_c}
+        partial_c = {parent_c[i] for i in free_c if ckpt[i].token in free_tok_m}
         bad = {
             j
             for j, i in ordered.items()
-            if len(m_to_c[model[j].parent]) > 1
-            or len(c_to_m[ckpt[i].parent]) > 1
-            or model[j].parent in partial_m
-            or ckpt[i].parent in partial_c
+            if len(m_to_c[parent_m[j]]) > 1
+            or len(c_to_m[parent_c[i]]) > 1
+            or parent_m[j] in partial_m
+            or parent_c[i] in partial_c
         }
         if not bad:
             return groups
         by_module: dict[str, list[int]] = {}
         for j in bad:
-            by_module.setdefault(model[j].parent, []).append(j)
+            by_module.setdefault(parent_m[j], []).append(j)
         for js in by_module.values():
             cs = {certain.pop(j) for j in js}
             toks = {model[j].token for j in js}
