@@ -29,7 +29,7 @@ from torch import nn
 
 from .._errors import ArgumentError, LoadError, SurgeryError
 from ..paths._resolve import resolve
-from ._match import auto_rules, split_auto
+from ._auto import auto_rules, split_auto
 from ._materialize import MetaInit, install, is_dtensor, plan_init, read_for, run_init
 from ._rename import KeyFilter, RenameRules, RenameSpec
 from ._sources import TensorInfo, TensorSource, open_source
