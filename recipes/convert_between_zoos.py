@@ -75,6 +75,7 @@ def main() -> None:
     except surgery.LoadError as e:
         print("  " + str(e)[:160] + " ...")
         check("diverge at 'layer1.0.conv1'" in str(e), "the error names where they diverge")
+    tmp.cleanup()
     finish("convert_between_zoos")
 
 

@@ -533,3 +533,16 @@ def test_match_recovers_the_true_mapping_or_says_ambiguous(
         assert not km.mismatched
         if not ambiguous:
             assert km.mapping == truth
+
+
+@pytest.mark.slow
+def test_recipe_convert_between_zoos(monkeypatch: pytest.MonkeyPatch) -> None:
+    """recipes/convert_between_zoos.py checks itself and exits 0 only when every check holds."""
+    import runpy
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    monkeypatch.syspath_prepend(str(recipes))
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(recipes / "convert_between_zoos.py"), run_name="__main__")
+    assert done.value.code == 0
