@@ -31,6 +31,7 @@ from ._errors import (
     VerificationError,
 )
 from .checkpoint._load import load_partial, open_checkpoint
+from .checkpoint._match import KeyMatch, match_keys
 from .checkpoint._report import LoadReport, StateDictView
 from .checkpoint._save import save_state_dict
 from .edit._graph import delete, insert, replace
@@ -45,6 +46,7 @@ from .trace._compose import compose, take
 from .trace._cut import cut, split
 from .trace._points import cut_points
 from .trace._summary import summary
+from .trace._transfer import TransferReport, check_transfer
 from .trace._tree import ModelTree, TreeRow, tree
 from .trace._verify import verify
 from .train._batchnorm import FrozenBatchNormNd
@@ -64,6 +66,7 @@ __all__ = [
     "EditPlan",
     "FeatureCache",
     "FrozenBatchNormNd",
+    "KeyMatch",
     "LayerNotFoundError",
     "LoadError",
     "LoadReport",
@@ -84,9 +87,11 @@ __all__ = [
     "TraceError",
     "TrainableReport",
     "TrainableRow",
+    "TransferReport",
     "TreeRow",
     "VerificationError",
     "adapt_input",
+    "check_transfer",
     "compose",
     "create_head",
     "cut",
@@ -99,6 +104,7 @@ __all__ = [
     "insert",
     "layer_groups",
     "load_partial",
+    "match_keys",
     "open_checkpoint",
     "param_groups",
     "parse_path",

@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_extensions() -> None:
     """Import the modules that add subcommands (kept lazy so `import surgery` stays light)."""
-    for mod in ("surgery.cli._load",):
+    for mod in ("surgery.cli._load", "surgery.cli._match"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
