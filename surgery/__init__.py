@@ -29,6 +29,7 @@ from ._errors import (
     TraceError,
     VerificationError,
 )
+from ._hints import Hint
 from .checkpoint._load import LoadReport, load_partial
 from .checkpoint._save import save_state_dict
 from .edit._graph import delete, insert, replace
@@ -49,6 +50,7 @@ __all__ = [
     "ArgumentError",
     "CheckpointError",
     "FeatureCache",
+    "Hint",
     "LayerNotFoundError",
     "LoadError",
     "LoadReport",

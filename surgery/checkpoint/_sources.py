@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from .._errors import ArgumentError, CheckpointError, LoadError
+from .._hints import Hint
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -452,9 +453,11 @@ def unwrap_state_dict(
     if not cands:
         shown = ", ".join(f"{k!r} ({type(v).__name__})" for k, v in list(obj.items())[:20])
         raise LoadError(f"{description} holds no tensors: entries {shown}")
+    pick = Hint("key", cands[0])
     raise LoadError(
         f"{description} wraps several state dicts: {', '.join(map(repr, cands))}; pick one "
-        f"with key=, e.g. load_partial(..., key={cands[0]!r}) (CLI: --key {cands[0]})"
+        f"with {pick}",
+        hints=(pick,),
     )
 
 

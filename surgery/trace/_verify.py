@@ -19,13 +19,16 @@ compute, the caller's model never moves). ``verify`` checks expectations fast:
 from __future__ import annotations
 
 import copy
+import functools
+import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torchinfo import ModelStatistics
-from torchinfo import summary as _torchinfo_summary
+
+if TYPE_CHECKING:  # torchinfo is imported at first use: `import surgery` stays light
+    from torchinfo import ModelStatistics
 
 from .._errors import ArgumentError, SurgeryError, VerificationError
 from ..paths._resolve import check_model
@@ -57,6 +60,8 @@ def _devices(model: nn.Module) -> set[torch.device]:
 
 
 def _run_torchinfo(model: nn.Module, input_size: Any, kwargs: dict[str, Any]) -> ModelStatistics:
+    from torchinfo import summary as _torchinfo_summary
+
     try:
         with eval_mode(model):  # torchinfo resets every module to the root's mode; we restore each
             return _torchinfo_summary(model, input_size, **kwargs)
@@ -228,7 +233,7 @@ class _MetaClone:
         d["training"] = False
         object.__setattr__(new, "__dict__", d)
         # shape shortcuts, on the copy only: norms keep shapes, repeats fill the cache
-        if isinstance(new, _NORMS) and not new._forward_hooks and not new._forward_pre_hooks:
+        if isinstance(new, _norm_types()) and not new._forward_hooks and not new._forward_pre_hooks:
             d["forward"] = _norm_forward(new, new.forward)
         elif sid in self.repeated and id(m) != self.root_id:
             d["forward"] = _cached_forward(new.forward, sid, self.cache)
@@ -265,12 +270,15 @@ class _Repeat(nn.Module):
 
 
 _NORMS: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-try:  # torchvision's FrozenBatchNorm2d (detection backbones, surgery.freeze)
-    from torchvision.ops import FrozenBatchNorm2d as _FrozenBN
 
-    _NORMS = (*_NORMS, _FrozenBN)
-except ImportError:  # pragma: no cover
-    pass
+
+def _norm_types() -> tuple[type, ...]:
+    """The normalization classes, torchvision's FrozenBatchNorm2d (detection backbones,
+    surgery.freeze) included once torchvision has been imported: before that, no model
+    can hold one, and importing it here would cost seconds at ``import surgery``."""
+    ops = sys.modules.get("torchvision.ops")
+    frozen = getattr(ops, "FrozenBatchNorm2d", None)
+    return (*_NORMS, frozen) if isinstance(frozen, type) else _NORMS
 
 
 def _norm_forward(m: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
@@ -354,44 +362,51 @@ def _plain_output_shape(model: nn.Module, inputs: list[torch.Tensor]) -> Any:
 # ----------------------------------------------------------------------------- statistics
 
 
-class VerifiedStatistics(ModelStatistics):
-    """torchinfo's ``ModelStatistics`` for :func:`verify`: totals now, the table on demand.
+@functools.cache
+def verified_statistics_type() -> type[Any]:
+    """:class:`VerifiedStatistics`, defined at first use (it subclasses torchinfo's class)."""
+    from torchinfo import ModelStatistics
 
-    ``total_params``, ``trainable_params``, ``input_size``, ``total_input`` and
-    ``output_size`` are set by ``verify`` (shared parameters counted once).
-    ``summary_list``, ``formatting``, ``total_mult_adds``, ``total_output_bytes``
-    and ``total_param_bytes`` (and so ``str()``) are computed by
-    :func:`summary` (torchinfo on a meta copy of the model, as it is then) the
-    first time one of them is read; the totals stay verify's.
-    """
+    class VerifiedStatistics(ModelStatistics):
+        """torchinfo's ``ModelStatistics`` for :func:`verify`: totals now, the table on demand.
 
-    def __init__(
-        self,
-        model: nn.Module,
-        input_size: list[tuple[int, ...]],
-        dtypes: list[torch.dtype],
-        total_params: int,
-        trainable_params: int,
-        output_size: Any,
-    ) -> None:  # no super().__init__: it needs the table, which is computed lazily
-        self._model = model
-        self._dtypes = dtypes
-        self.input_size = input_size
-        self.total_input = sum(
-            torch.Size(s).numel() * torch.empty((), dtype=d).element_size()
-            for s, d in zip(input_size, dtypes)
-        )
-        self.total_params = total_params
-        self.trainable_params = trainable_params
-        self.output_size = output_size
+        ``total_params``, ``trainable_params``, ``input_size``, ``total_input`` and
+        ``output_size`` are set by ``verify`` (shared parameters counted once).
+        ``summary_list``, ``formatting``, ``total_mult_adds``, ``total_output_bytes``
+        and ``total_param_bytes`` (and so ``str()``) are computed by
+        :func:`summary` (torchinfo on a meta copy of the model, as it is then) the
+        first time one of them is read; the totals stay verify's.
+        """
 
-    def __getattr__(self, name: str) -> Any:
-        if name in _LAZY:
-            stats = summary(self._model, list(self.input_size), dtypes=self._dtypes)
-            for key in _LAZY:
-                self.__dict__[key] = getattr(stats, key)
-            return self.__dict__[name]
-        raise AttributeError(name)
+        def __init__(
+            self,
+            model: nn.Module,
+            input_size: list[tuple[int, ...]],
+            dtypes: list[torch.dtype],
+            total_params: int,
+            trainable_params: int,
+            output_size: Any,
+        ) -> None:  # no super().__init__: it needs the table, which is computed lazily
+            self._model = model
+            self._dtypes = dtypes
+            self.input_size = input_size
+            self.total_input = sum(
+                torch.Size(s).numel() * torch.empty((), dtype=d).element_size()
+                for s, d in zip(input_size, dtypes)
+            )
+            self.total_params = total_params
+            self.trainable_params = trainable_params
+            self.output_size = output_size
+
+        def __getattr__(self, name: str) -> Any:
+            if name in _LAZY:
+                stats = summary(self._model, list(self.input_size), dtypes=self._dtypes)
+                for key in _LAZY:
+                    self.__dict__[key] = getattr(stats, key)
+                return self.__dict__[name]
+            raise AttributeError(name)
+
+    return VerifiedStatistics
 
 
 # ----------------------------------------------------------------------------- verify
@@ -524,4 +539,4 @@ def verify(
             f"verify({type(model).__name__}, input_size={shown}): {len(failures)} {noun}\n"
             + "\n".join(f"  {f}" for f in failures)
         )
-    return VerifiedStatistics(model, sizes, types, total, trainable, shape)
+    return verified_statistics_type()(model, sizes, types, total, trainable, shape)

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torchvision.ops import FrozenBatchNorm2d
 
 from .._errors import ArgumentError
 from ..paths._resolve import check_model
@@ -142,6 +141,8 @@ def _frozen_twin(name: str, bn: Any) -> nn.Module:
     elif type(bn).forward is _BatchNorm.forward or isinstance(bn, nn.SyncBatchNorm):
         C = bn.num_features
         if isinstance(bn, nn.BatchNorm2d):
+            from torchvision.ops import FrozenBatchNorm2d  # lazy: `import surgery` stays light
+
             twin = FrozenBatchNorm2d(C, eps=bn.eps)
         else:
             twin = FrozenBatchNormNd(C, eps=bn.eps)
