@@ -409,6 +409,12 @@ def verified_statistics_type() -> type[Any]:
     return VerifiedStatistics
 
 
+def __getattr__(name: str) -> Any:  # `from ._verify import VerifiedStatistics` still works
+    if name == "VerifiedStatistics":
+        return verified_statistics_type()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # ----------------------------------------------------------------------------- verify
 
 
