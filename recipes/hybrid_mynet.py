@@ -110,7 +110,8 @@ def main() -> None:
     net2 = mynet2()
     stats = surgery.verify(net2, INPUT, output_shape=(10, 10), total_params=925_482)
     check(
-        stats.total_params == 925_482, f"MyNet2: {fmt(stats.total_params)} params (tutorial: 925,482)"
+        stats.total_params == 925_482,
+        f"MyNet2: {fmt(stats.total_params)} params (tutorial: 925,482)",
     )
     check(
         tuple(net2.eval()(torch.randn(INPUT)).shape) == (10, 10),

@@ -5,8 +5,8 @@
   the HTML comment ``<!-- docs-test: skip-next -->`` (invisible on the rendered
   page) is shown but not run: an excerpt, or code that needs a process group. A
   block written as a doctest (``>>>`` prompts) is checked as one, output included.
-- A ```text block right after a python block is what that block prints: the printed
-  output must match it, where ``...`` stands for any text (doctest's ELLIPSIS).
+- A ```text block right after a python block is what that block prints (stdout and
+  stderr, as a terminal shows them): the printed output must match it, where ``...`` stands for any text (doctest's ELLIPSIS).
   A text block that shows an error (``surgery.ShapeMismatchError: ...``) means the
   block must raise that error. A block that is not Python but a signature
   (``f(a, *, b=None)``) is shown only.
@@ -25,6 +25,7 @@ import contextlib
 import doctest
 import inspect
 import io
+import logging
 import re
 import shlex
 import warnings
@@ -175,7 +176,34 @@ def test_page_runs(
     monkeypatch.chdir(tmp_path)  # files the examples write go to a scratch folder
     text = page.read_text()
     ns: dict = {"__name__": "__docs__"}
+    # a page's logging.basicConfig works as in a reader's fresh interpreter: without
+    # pytest's capture handlers on the root logger (put back afterwards)
+    saved = logging.root.handlers[:], logging.root.level
+    logging.root.handlers.clear()
+    try:
+        _run_page(page, text, ns, capsys)
+    finally:
+        for handler in logging.root.handlers:
+            if handler not in saved[0]:
+                handler.close()
+        logging.root.handlers[:] = saved[0]
+        logging.root.setLevel(saved[1])
+
+
+class _Terminal(io.TextIOBase):
+    """One stdout/stderr for the whole page (a logging handler made by one block keeps
+    writing to it), whose text goes to the buffer of the block running now."""
+
+    def __init__(self) -> None:
+        self.block = io.StringIO()
+
+    def write(self, text: str) -> int:
+        return self.block.write(text)
+
+
+def _run_page(page: Path, text: str, ns: dict, capsys: pytest.CaptureFixture[str]) -> None:
     name = _rel(page)
+    terminal = _Terminal()
     with warnings.catch_warnings():
         # Examples may demonstrate a warning on purpose; they run as a reader runs them.
         warnings.simplefilter("default")
@@ -189,9 +217,10 @@ def test_page_runs(
                 if "*," in code:  # a signature shown as documentation, not code
                     continue
                 raise
-            printed = io.StringIO()
+            printed = terminal.block = io.StringIO()
             try:
-                with contextlib.redirect_stdout(printed):
+                # what a reader sees in the terminal: stdout and stderr (logged notes)
+                with contextlib.redirect_stdout(terminal), contextlib.redirect_stderr(terminal):
                     exec(compiled, ns)
             except Exception as e:  # report which block failed, with the error
                 if error is not None and error in {c.__name__ for c in type(e).__mro__}:

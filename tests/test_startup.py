@@ -40,6 +40,7 @@ def test_import_pulls_in_only_surgery(statement: str) -> None:
     assert not foreign, f"{statement!r} imports {foreign[:10]}"
 
 
+@pytest.mark.slow  # imports torchvision in a fresh interpreter
 def test_lazy_modules_still_load_at_first_use() -> None:
     added = modules_added(
         "import surgery, torch; from torch import nn; "
