@@ -30,6 +30,8 @@ from ._errors import (
     TraceError,
     VerificationError,
 )
+from ._hints import Hint
+from ._version import __version__ as __version__
 from .checkpoint._load import load_partial, open_checkpoint
 from .checkpoint._match import KeyMatch, match_keys
 from .checkpoint._report import LoadReport, StateDictView
@@ -56,8 +58,6 @@ from .train._groups import layer_groups, param_groups
 from .train._precompute import precompute
 from .train._trainable import TrainableReport, TrainableRow, trainable
 
-__version__ = "0.1.0"
-
 __all__ = [
     "AdaptiveConcatPool2d",
     "ArgumentError",
@@ -66,6 +66,7 @@ __all__ = [
     "EditPlan",
     "FeatureCache",
     "FrozenBatchNormNd",
+    "Hint",
     "KeyMatch",
     "LayerNotFoundError",
     "LoadError",
