@@ -105,12 +105,19 @@ CI_MODELS = {
     "xcit": "xcit_nano_12_p16_224",
 }
 CI_TORCHVISION = ["resnet18", "mobilenet_v3_small", "ssdlite320_mobilenet_v3_large", "raft_small"]
-CI_BUDGET = 420.0
+CI_BUDGET = 600.0
 
 # Known failures that CI tolerates while they are being fixed, as "model:operation".
 # Never a blanket ignore: each entry names one model and one operation.
 # (Add or remove entries as fixes land; `--allow-fail` adds more on the command line.)
-EXPECTED_FAILURES: list[str] = []
+EXPECTED_FAILURES: list[str] = [
+    "volo_d1_224:head0",  # replace_head(m, 0) keeps aux_head as Identity (issue 14; helper A)
+    "repvit_m1:head7",  # replace_head keeps head.head_dist.bn (issue 14; helper A)
+    "repvit_m1:head0",  # replace_head(m, 0) keeps head.head.bn (helper A)
+    "coat_tiny:verify",  # summary() double-counts shared parameters (issue 14; helper B)
+    "hiera_tiny_224:split",  # mask=None traced as given (issue 14; helper B)
+    "raft_small:adapt",  # adapt_input adapts one of RAFT's two image encoders (edit/_heads)
+]
 
 # torchvision models larger than this many parameters are not run (CPU memory and time).
 MAX_TORCHVISION_PARAMS = 150_000_000
@@ -647,6 +654,8 @@ def check_cut(spec: Spec, m: nn.Module, x: tuple[Any, ...]) -> str:
         raise NotApplicable("create_feature_extractor reaches no module path")
     chosen = spread(nodes, 8)
     refused = []
+    # One extractor per path: with several return nodes, an in-place op after one of them
+    # (ReLU(inplace=True) after a BatchNorm) would overwrite the returned tensor.
     for p in chosen:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
