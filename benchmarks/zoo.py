@@ -78,20 +78,46 @@ OPERATIONS = [
     "load",
 ]
 
-# The CI sample: fixed timm families, each pinned to the model the full run selects for it
-# (so CI needs no registry scan), plus a few torchvision models. The lead may adjust both.
+# The CI sample: fixed timm families, each pinned to a small model of the family (so CI
+# needs no registry scan), plus a few torchvision models. The lead may adjust both.
 CI_MODELS = {
-    "resnet": "resnet10t",
+    "byobnet": "gernet_s",
+    "coat": "coat_tiny",
+    "convnext": "convnext_atto",
+    "cspnet": "cs3darknet_s",
+    "deit": "deit_tiny_patch16_224",
+    "densenet": "densenet121",
+    "efficientformer": "efficientformer_l1",
+    "efficientformer_v2": "efficientformerv2_s0",
+    "efficientnet": "efficientnet_b0",
+    "ghostnet": "ghostnet_050",
+    "hiera": "hiera_tiny_224",
+    "levit": "levit_128s",
+    "mobilenetv3": "mobilenetv3_small_050",
+    "mobilevit": "mobilevit_xxs",
+    "regnet": "regnetx_002",
     "repvit": "repvit_m1",
+    "resnet": "resnet10t",
+    "rexnet": "rexnet_100",
+    "swin_transformer": "swin_tiny_patch4_window7_224",
+    "vision_transformer": "vit_tiny_patch16_224",
     "volo": "volo_d1_224",
+    "xcit": "xcit_nano_12_p16_224",
 }
 CI_TORCHVISION = ["resnet18", "mobilenet_v3_small", "ssdlite320_mobilenet_v3_large", "raft_small"]
-CI_BUDGET = 420.0
+CI_BUDGET = 600.0
 
 # Known failures that CI tolerates while they are being fixed, as "model:operation".
 # Never a blanket ignore: each entry names one model and one operation.
 # (Add or remove entries as fixes land; `--allow-fail` adds more on the command line.)
-EXPECTED_FAILURES: list[str] = []
+EXPECTED_FAILURES: list[str] = [
+    "volo_d1_224:head0",  # replace_head(m, 0) keeps aux_head as Identity (issue 14; helper A)
+    "repvit_m1:head7",  # replace_head keeps head.head_dist.bn (issue 14; helper A)
+    "repvit_m1:head0",  # replace_head(m, 0) keeps head.head.bn (helper A)
+    "coat_tiny:verify",  # summary() double-counts shared parameters (issue 14; helper B)
+    "hiera_tiny_224:split",  # mask=None traced as given (issue 14; helper B)
+    "raft_small:adapt",  # adapt_input adapts one of RAFT's two image encoders (edit/_heads)
+]
 
 # torchvision models larger than this many parameters are not run (CPU memory and time).
 MAX_TORCHVISION_PARAMS = 150_000_000
@@ -628,6 +654,8 @@ def check_cut(spec: Spec, m: nn.Module, x: tuple[Any, ...]) -> str:
         raise NotApplicable("create_feature_extractor reaches no module path")
     chosen = spread(nodes, 8)
     refused = []
+    # One extractor per path: with several return nodes, an in-place op after one of them
+    # (ReLU(inplace=True) after a BatchNorm) would overwrite the returned tensor.
     for p in chosen:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -901,8 +929,13 @@ def worker(spec: Spec, ops: list[str], q: Any) -> None:
     q.put(("done",))
 
 
-def run_model(spec: Spec, ops: list[str], timeout: float) -> dict[str, Any]:
-    """Run ``worker`` in a forked process; a crash or a timeout ends only this model."""
+def run_model(
+    spec: Spec, ops: list[str], timeout: float, budget_cut: bool = False
+) -> dict[str, Any]:
+    """Run ``worker`` in a forked process; a crash or a timeout ends only this model.
+
+    ``budget_cut``: the timeout is what is left of the budget, so running out of time means
+    "not run", not a failure."""
     rec: dict[str, Any] = {
         "model": spec.name,
         "family": spec.family,
@@ -960,8 +993,12 @@ def run_model(spec: Spec, ops: list[str], timeout: float) -> dict[str, Any]:
             rec["build"] = {"status": "fail", "detail": why, "seconds": rec["seconds"]}
         else:
             pending = [op for op in ops if op not in rec["ops"]]
+            timed_out = time.perf_counter() >= deadline
+            first = "not run" if budget_cut and timed_out else "fail"
+            if budget_cut and timed_out:
+                why = f"budget spent (stopped after {timeout:.0f}s)"
             if pending:
-                rec["ops"][pending[0]] = {"status": "fail", "detail": why, "seconds": None}
+                rec["ops"][pending[0]] = {"status": first, "detail": why, "seconds": None}
                 for op in pending[1:]:
                     rec["ops"][op] = {"status": "not run", "detail": why, "seconds": None}
     return rec
@@ -1280,7 +1317,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             continue
         timeout = args.timeout if budget is None else max(10.0, min(args.timeout, budget - elapsed))
-        rec = run_model(spec, ops, timeout)
+        rec = run_model(spec, ops, timeout, budget_cut=timeout < args.timeout)
         records.append(rec)
         marks = " ".join(f"{op}:{rec['ops'][op]['status']}" for op in ops if op in rec["ops"])
         log(

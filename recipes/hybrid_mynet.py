@@ -1,8 +1,8 @@
-"""The seed's hybrid networks, built with ``surgery.compose`` and checked against its tables.
+"""The classic hybrid networks of the transfer-learning tutorials, built with ``surgery.compose`` and checked against its tables.
 
 ``MyNet1`` puts a block of a VGG (``vgg16_bn.features[7:14]``: two 128-channel
 conv/BN/ReLU and a max-pool) in front of a ResNet stage (``resnet18.layer3``) for
-1-channel 32x32 images. The seed wrote a class with hand-picked children and a
+1-channel 32x32 images. The tutorials wrote a class with hand-picked children and a
 ``forward`` that flattens by hand; ``compose`` takes the parts by path (copies, so
 the source models are never shared or changed) and traces the shapes through every
 junction on the meta device, naming the junction when they do not fit.
@@ -23,7 +23,7 @@ INPUT = (10, 1, 32, 32)
 
 
 def mynet1(vgg: nn.Module, resnet: nn.Module) -> nn.Sequential:
-    """The seed's MyNet1: a grey-image stem, a VGG block, a ResNet stage and a classifier."""
+    """The tutorials' MyNet1: a grey-image stem, a VGG block, a ResNet stage and a classifier."""
     return surgery.compose(
         conv1=nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU()),
         block2=(vgg, "features[7:14]"),  # 64 -> 128 channels, 32 -> 16 pixels
@@ -50,7 +50,7 @@ def vgg_block(cin: int, cout: int, n: int) -> nn.Sequential:
 def mynet2() -> nn.Sequential:
     """MyNet2: a small VGG-style network for the same images.
 
-    The seed's table gives only its size (925,482 parameters) and output; this is
+    The tutorials' table gives only its size (925,482 parameters) and output; this is
     the architecture the project's tests and docs/composing.md use for it."""
     return surgery.compose(
         block1=vgg_block(1, 48, 1),
@@ -77,7 +77,7 @@ def main() -> None:
     stats = surgery.verify(net, INPUT, output_shape=(10, 10), total_params=2_325_002)
     check(
         stats.total_params == 2_325_002,
-        f"MyNet1: {fmt(stats.total_params)} params (seed: 2,325,002)",
+        f"MyNet1: {fmt(stats.total_params)} params (tutorial: 2,325,002)",
     )
     out = net.eval()(torch.randn(INPUT))
     check(
@@ -110,7 +110,8 @@ def main() -> None:
     net2 = mynet2()
     stats = surgery.verify(net2, INPUT, output_shape=(10, 10), total_params=925_482)
     check(
-        stats.total_params == 925_482, f"MyNet2: {fmt(stats.total_params)} params (seed: 925,482)"
+        stats.total_params == 925_482,
+        f"MyNet2: {fmt(stats.total_params)} params (tutorial: 925,482)",
     )
     check(
         tuple(net2.eval()(torch.randn(INPUT)).shape) == (10, 10),

@@ -1,6 +1,6 @@
 """A pretrained resnet18 stem..layer2, frozen, with fresh layer3/layer4 and a new classifier.
 
-The seed's ``MyNet_pretrained`` keeps the first half of a pretrained resnet18 (stem,
+The tutorials' ``MyNet_pretrained`` keeps the first half of a pretrained resnet18 (stem,
 layer1, layer2) frozen, appends randomly initialised layer3, layer4, the average
 pool and ``Linear(512, 10)``, and trains the rest. By hand that is
 ``nn.Sequential(*list(resnet.children())[:6])``, two more resnets for the fresh
@@ -50,14 +50,14 @@ def main() -> None:
     )
     check(
         stats.total_params == 11_181_642,
-        f"total {fmt(stats.total_params)} params (seed: 11,181,642)",
+        f"total {fmt(stats.total_params)} params (tutorial: 11,181,642)",
     )
     check(
         stats.trainable_params == 10_498_570,
-        f"trainable {fmt(stats.trainable_params)} (seed: 10,498,570)",
+        f"trainable {fmt(stats.trainable_params)} (tutorial: 10,498,570)",
     )
     frozen = stats.total_params - stats.trainable_params
-    check(frozen == 683_072, f"frozen {fmt(frozen)} (seed: 683,072)")
+    check(frozen == 683_072, f"frozen {fmt(frozen)} (tutorial: 683,072)")
     check(tuple(stats.output_size) == (10, 10), f"output {tuple(stats.output_size)} on {INPUT}")
 
     section("the parts are copies: no parameter shared with the source models")

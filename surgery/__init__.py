@@ -30,7 +30,10 @@ from ._errors import (
     TraceError,
     VerificationError,
 )
+from ._hints import Hint
+from ._version import __version__ as __version__
 from .checkpoint._load import load_partial, open_checkpoint
+from .checkpoint._match import KeyMatch, match_keys
 from .checkpoint._report import LoadReport, StateDictView
 from .checkpoint._save import save_state_dict
 from .edit._graph import delete, insert, replace
@@ -45,6 +48,7 @@ from .trace._compose import compose, take
 from .trace._cut import cut, split
 from .trace._points import cut_points
 from .trace._summary import summary
+from .trace._transfer import TransferReport, check_transfer
 from .trace._tree import ModelTree, TreeRow, tree
 from .trace._verify import verify
 from .train._batchnorm import FrozenBatchNormNd
@@ -54,8 +58,6 @@ from .train._groups import layer_groups, param_groups
 from .train._precompute import precompute
 from .train._trainable import TrainableReport, TrainableRow, trainable
 
-__version__ = "0.1.0"
-
 __all__ = [
     "AdaptiveConcatPool2d",
     "ArgumentError",
@@ -64,6 +66,8 @@ __all__ = [
     "EditPlan",
     "FeatureCache",
     "FrozenBatchNormNd",
+    "Hint",
+    "KeyMatch",
     "LayerNotFoundError",
     "LoadError",
     "LoadReport",
@@ -84,9 +88,11 @@ __all__ = [
     "TraceError",
     "TrainableReport",
     "TrainableRow",
+    "TransferReport",
     "TreeRow",
     "VerificationError",
     "adapt_input",
+    "check_transfer",
     "compose",
     "create_head",
     "cut",
@@ -99,6 +105,7 @@ __all__ = [
     "insert",
     "layer_groups",
     "load_partial",
+    "match_keys",
     "open_checkpoint",
     "param_groups",
     "parse_path",

@@ -36,11 +36,18 @@ code raises short messages; :func:`operation` adds the operation and model
 context once, at the public function, and :func:`user_call` wraps a failure
 inside a caller's callable (a factory, a rename function) with the original
 exception as ``__cause__``; both live in :mod:`surgery._boundary`.
+
+A fifth field, ``hints``, holds the fixes a message suggests as data: each
+:class:`Hint` is an argument name and value (``Hint("on_mismatch", "skip")``).
+The message shows them in Python syntax (``on_mismatch='skip'``); the command
+line renders the same hints in its own syntax (``--on-mismatch skip``).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from ._hints import Hint
 
 __all__ = [
     "ArgumentError",
@@ -71,6 +78,8 @@ class SurgeryError(Exception):
         path: the module path involved, or None.
         key: the checkpoint key involved, or None.
         file: the checkpoint file involved, or None.
+        hints: the fixes the message suggests, as :class:`Hint` data (the
+            message shows each in Python syntax; the CLI renders them as options).
 
     Example:
         >>> e = SurgeryError("no module 'fc2'", op="get", path="fc2")
@@ -82,6 +91,7 @@ class SurgeryError(Exception):
     path: str | None = None
     key: str | None = None
     file: str | None = None
+    hints: tuple[Hint, ...] = ()
 
     def __init__(
         self,
@@ -90,11 +100,14 @@ class SurgeryError(Exception):
         path: str | None = None,
         key: str | None = None,
         file: str | None = None,
+        hints: Any = (),
     ) -> None:
         super().__init__(*args)
         for name, value in zip(_FIELDS, (op, path, key, file)):
             if value is not None:
                 setattr(self, name, value)
+        if hints:
+            self.hints = tuple(hints)
 
     def __str__(self) -> str:  # LookupError/KeyError subclasses would quote the message
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()

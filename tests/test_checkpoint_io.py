@@ -411,3 +411,17 @@ def test_a_catastrophic_regex_on_a_crafted_key_finishes_fast() -> None:
 def test_a_regex_re2_cannot_take_is_a_path_error(pattern: str) -> None:
     with pytest.raises(surgery.PathError, match=r"cannot be matched in linear time.*RE2"):
         load_partial({"a.weight": torch.ones(1)}, include=pattern)
+
+
+def test_a_zip_offset_outside_the_file_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """Found by the fuzzer: a mutated zip64 extra field gave a negative record offset."""
+    from surgery.checkpoint._fileio import CheckedFile
+
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"0123456789")
+    f = CheckedFile(str(path))
+    with pytest.raises(CheckpointError, match=r"4 bytes at offset -9 lie outside the 10-byte"):
+        f.read_bytes(-9, 4)
+    with pytest.raises(CheckpointError, match=r"lie outside"):
+        f.read_bytes(8, 4)
+    f.close()

@@ -1,16 +1,19 @@
 """The documentation runs: code blocks of docs/*.md, the CLI examples, and docstring examples.
 
 - Every fenced ```python block of a page runs, in order, in one namespace per page,
-  in a fresh temporary working directory. A block whose first line is ``# skip`` is
-  shown but not run (slow or illustrative code); a page holding the comment
-  ``<!-- docs-test: skip -->`` is not run at all. A block written as a doctest
-  (``>>>`` prompts) is checked as one, output included. A block followed by a
-  ```text block that shows an error (``surgery.ShapeMismatchError: ...``) must raise
-  that error. A block that is not Python but a signature (``f(a, *, b=None)``) is
-  shown only.
+  in a fresh temporary working directory, every page included. A block right after
+  the HTML comment ``<!-- docs-test: skip-next -->`` (invisible on the rendered
+  page) is shown but not run: an excerpt, or code that needs a process group. A
+  block written as a doctest (``>>>`` prompts) is checked as one, output included.
+- A ```text block right after a python block is what that block prints (stdout and
+  stderr, as a terminal shows them): the printed output must match it, where ``...`` stands for any text (doctest's ELLIPSIS).
+  A text block that shows an error (``surgery.ShapeMismatchError: ...``) means the
+  block must raise that error. A block that is not Python but a signature
+  (``f(a, *, b=None)``) is shown only.
 - Every ``$ surgery ...`` line of a ```console block runs through the CLI's
   ``main`` after the page's python blocks (which may create the files it reads) and
-  must exit 0.
+  must exit 0 (1 for ``surgery diff`` of inputs that differ); a ```text block right
+  after the console block must match what its commands print.
 - Every public function and class of ``surgery.__all__`` (exceptions aside) has a
   docstring with a ``>>>`` example; ``pytest --doctest-modules`` runs them.
 - docs/api.md covers every public name, and mkdocs.yml's nav lists every page.
@@ -18,8 +21,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import inspect
+import io
+import logging
 import re
 import shlex
 import warnings
@@ -39,82 +45,107 @@ FENCE = re.compile(
 )
 
 
-def blocks(text: str, langs: tuple[str, ...]) -> list[tuple[int, str]]:
-    """``(line number, code)`` of the fenced blocks in ``langs``, ``# skip`` blocks excluded."""
+SKIP_NEXT = "<!-- docs-test: skip-next -->"
+TEXT_AFTER = re.compile(
+    r"\s*(?P<indent>[ \t]*)```text[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S
+)
+
+
+def _dedent(body: str, indent: str) -> str:
+    if not indent:
+        return body
+    return (
+        "\n".join(
+            line[len(indent) :] if line.startswith(indent) else line for line in body.splitlines()
+        )
+        + "\n"
+    )
+
+
+def _runnable(text: str, m: re.Match[str]) -> str | None:
+    """The code of block ``m``, or None where it is shown only (skip-next, snippet include)."""
+    if text[: m.start()].rstrip().endswith(SKIP_NEXT):
+        return None
+    body = _dedent(m.group("body"), m.group("indent"))
+    if all(line.strip().startswith("--8<--") for line in body.splitlines() if line.strip()):
+        return None  # a snippet include (a recipe's full source), run by the recipe itself
+    return body
+
+
+def text_after(text: str, end: int) -> str | None:
+    """The body of a ```text block right after position ``end``, if there is one."""
+    m = TEXT_AFTER.match(text, end)
+    return _dedent(m.group("body"), m.group("indent")) if m else None
+
+
+def blocks(text: str, langs: tuple[str, ...]) -> list[tuple[int, str, str | None]]:
+    """``(line number, code, following text block)`` of the runnable blocks in ``langs``."""
     found = []
     for m in FENCE.finditer(text):
         if m.group("lang").lower() not in langs:
             continue
-        body = m.group("body")
-        indent = m.group("indent")
-        if indent:
-            body = "\n".join(
-                line[len(indent) :] if line.startswith(indent) else line
-                for line in body.splitlines()
-            )
-        first = body.strip().splitlines()[0].strip() if body.strip() else ""
-        if first.lower().startswith("# skip"):
+        body = _runnable(text, m)
+        if body is None:
             continue
-        if all(line.strip().startswith("--8<--") for line in body.splitlines() if line.strip()):
-            continue  # a snippet include (a recipe's full source), run by the recipe itself
-        found.append((text.count("\n", 0, m.start()) + 2, body))
+        found.append((text.count("\n", 0, m.start()) + 2, body, text_after(text, m.end())))
     return found
 
 
-PAGE_SKIP = "<!-- docs-test: skip -->"
-# Pages whose python blocks illustrate setups a test cannot build (multi-GB checkpoints,
-# process groups); prefer marking such blocks with '# skip' in the page itself.
-PAGES_NOT_RUN = {"scale.md": "illustrative: multi-GB checkpoints and FSDP process groups"}
 ERROR_LINE = re.compile(r"^(?:Traceback|(?:[\w.]+\.)?(?P<name>\w+(?:Error|Exception|Exit)):)", re.M)
 
 
-def expected_error(text: str, end: int) -> str | None:
-    """The exception name a ```text block right after position ``end`` shows, if any."""
-    m = re.compile(r"\s*```text[^\n]*\n(?P<body>.*?)^```", re.M | re.S).match(text, end)
-    if m is None:
-        return None
-    err = ERROR_LINE.search(m.group("body"))
+def expected_error(shown: str | None) -> str | None:
+    """The exception name a ```text block shows, if it shows one."""
+    err = ERROR_LINE.search(shown) if shown else None
     if err is None:
         return None
     return err.group("name") or "Exception"
 
 
-def python_blocks(text: str) -> list[tuple[int, str, str | None]]:
-    """``(line, code, expected error name)`` for the python blocks to run."""
+def python_blocks(text: str) -> list[tuple[int, str, str | None, str | None]]:
+    """``(line, code, expected error name, expected output)`` for the python blocks to run."""
     out = []
-    for m in FENCE.finditer(text):
-        if m.group("lang").lower() not in ("python", "pycon", "py"):
-            continue
-        found = blocks(m.group(0), ("python", "pycon", "py"))
-        if not found:
-            continue  # a '# skip' block
-        _, code = found[0]
-        out.append((text.count("\n", 0, m.start()) + 2, code, expected_error(text, m.end())))
+    for lineno, code, shown in blocks(text, ("python", "pycon", "py")):
+        error = expected_error(shown)
+        out.append((lineno, code, error, None if error else shown))
+    return out
+
+
+def console_blocks(text: str) -> list[tuple[int, list[tuple[int, list[str]]], str | None]]:
+    """``(line, [(line, argv after 'surgery')], expected output)`` of console blocks."""
+    out = []
+    for lineno, body, shown in blocks(text, ("console", "shell", "bash", "sh")):
+        argvs = []
+        for i, line in enumerate(body.splitlines()):
+            line = line.strip()
+            if line.startswith("$ surgery "):
+                argvs.append((lineno + i, shlex.split(line[2:], comments=True)[1:]))
+        if argvs:
+            out.append((lineno, argvs, shown))
     return out
 
 
 def commands(text: str) -> list[tuple[int, list[str]]]:
     """``$ surgery ...`` lines of console/shell blocks, as argv lists (after ``surgery``)."""
-    out = []
-    for lineno, body in blocks(text, ("console", "shell", "bash", "sh")):
-        for i, line in enumerate(body.splitlines()):
-            line = line.strip()
-            if line.startswith("$ surgery "):
-                out.append((lineno + i, shlex.split(line[2:], comments=True)[1:]))
-    return out
+    return [c for _, argvs, _ in console_blocks(text) for c in argvs]
+
+
+def check_printed(name: str, lineno: int, shown: str, printed: str) -> None:
+    """``printed`` matches the ```text block ``shown`` (``...`` matches any text)."""
+    want = "\n".join(line.rstrip() for line in shown.strip("\n").splitlines()) + "\n"
+    got = "\n".join(line.rstrip() for line in printed.strip("\n").splitlines()) + "\n"
+    if not doctest.OutputChecker().check_output(want, got, doctest.ELLIPSIS):
+        pytest.fail(
+            f"{name}: the block at line {lineno} printed\n{got}\nbut the page shows\n{want}",
+            pytrace=False,
+        )
 
 
 def _rel(page: Path) -> str:
     return str(page.relative_to(ROOT))
 
 
-RUNNABLE = [
-    p
-    for p in PAGES
-    if PAGE_SKIP not in p.read_text()
-    and p.name not in PAGES_NOT_RUN
-    and (python_blocks(p.read_text()) or commands(p.read_text()))
-]
+RUNNABLE = [p for p in PAGES if python_blocks(p.read_text()) or commands(p.read_text())]
 
 
 def test_docs_exist() -> None:
@@ -145,11 +176,38 @@ def test_page_runs(
     monkeypatch.chdir(tmp_path)  # files the examples write go to a scratch folder
     text = page.read_text()
     ns: dict = {"__name__": "__docs__"}
+    # a page's logging.basicConfig works as in a reader's fresh interpreter: without
+    # pytest's capture handlers on the root logger (put back afterwards)
+    saved = logging.root.handlers[:], logging.root.level
+    logging.root.handlers.clear()
+    try:
+        _run_page(page, text, ns, capsys)
+    finally:
+        for handler in logging.root.handlers:
+            if handler not in saved[0]:
+                handler.close()
+        logging.root.handlers[:] = saved[0]
+        logging.root.setLevel(saved[1])
+
+
+class _Terminal(io.TextIOBase):
+    """One stdout/stderr for the whole page (a logging handler made by one block keeps
+    writing to it), whose text goes to the buffer of the block running now."""
+
+    def __init__(self) -> None:
+        self.block = io.StringIO()
+
+    def write(self, text: str) -> int:
+        return self.block.write(text)
+
+
+def _run_page(page: Path, text: str, ns: dict, capsys: pytest.CaptureFixture[str]) -> None:
     name = _rel(page)
+    terminal = _Terminal()
     with warnings.catch_warnings():
         # Examples may demonstrate a warning on purpose; they run as a reader runs them.
         warnings.simplefilter("default")
-        for lineno, code, error in python_blocks(text):
+        for lineno, code, error, shown in python_blocks(text):
             if code.lstrip().startswith(">>>"):
                 _run_doctest(code, ns, name, lineno)
                 continue
@@ -159,8 +217,11 @@ def test_page_runs(
                 if "*," in code:  # a signature shown as documentation, not code
                     continue
                 raise
+            printed = terminal.block = io.StringIO()
             try:
-                exec(compiled, ns)
+                # what a reader sees in the terminal: stdout and stderr (logged notes)
+                with contextlib.redirect_stdout(terminal), contextlib.redirect_stderr(terminal):
+                    exec(compiled, ns)
             except Exception as e:  # report which block failed, with the error
                 if error is not None and error in {c.__name__ for c in type(e).__mro__}:
                     continue  # the page shows this error on purpose
@@ -174,13 +235,24 @@ def test_page_runs(
                         f"{name}: python block at line {lineno} should raise {error} (the page shows it)",
                         pytrace=False,
                     )
-        for lineno, argv in commands(text):
-            try:
-                rc = cli.main(argv)
-            except SystemExit as e:  # argparse errors
-                rc = e.code if isinstance(e.code, int) else 2
-            err = capsys.readouterr().err
-            assert rc == 0, f"{name}:{lineno}: `surgery {shlex.join(argv)}` exited {rc}: {err}"
+                if shown is not None:
+                    check_printed(name, lineno, shown, printed.getvalue())
+        capsys.readouterr()
+        for block_line, argvs, shown in console_blocks(text):
+            printed = ""
+            for lineno, argv in argvs:
+                try:
+                    rc = cli.main(argv)
+                except SystemExit as e:  # argparse errors
+                    rc = e.code if isinstance(e.code, int) else 2
+                captured = capsys.readouterr()
+                ok = (0, 1) if argv[:1] == ["diff"] else (0,)
+                assert rc in ok, (
+                    f"{name}:{lineno}: `surgery {shlex.join(argv)}` exited {rc}: {captured.err}"
+                )
+                printed += captured.out
+            if shown is not None:
+                check_printed(name, block_line, shown, printed)
 
 
 def _public_objects() -> list[tuple[str, object]]:
@@ -215,12 +287,24 @@ def test_nav_lists_every_page() -> None:
     assert not missing, f"pages missing from mkdocs.yml nav: {missing}"
 
 
-def test_expected_errors_are_read_from_the_text_block() -> None:
+def test_expected_errors_and_outputs_are_read_from_the_text_block() -> None:
     text = "```python\nf()\n```\n\n```text\nsurgery.ShapeMismatchError: compose: ...\n```\n```python\ng()\n```\n```text\n(1, 10)\n```\n"
-    assert python_blocks(text) == [(2, "f()\n", "ShapeMismatchError"), (9, "g()\n", None)]
+    assert python_blocks(text) == [
+        (2, "f()\n", "ShapeMismatchError", None),
+        (9, "g()\n", None, "(1, 10)\n"),
+    ]
 
 
 def test_fence_parser() -> None:
-    text = "x\n```python\n# skip\nslow()\n```\n```python\na = 1\n```\n```console\n$ surgery tree torchvision:resnet18 --depth 1\n```\n"
-    assert blocks(text, ("python",)) == [(7, "a = 1\n")]
+    text = (
+        "x\n<!-- docs-test: skip-next -->\n```python\nslow()\n```\n```python\na = 1\n```\n"
+        "```console\n$ surgery tree torchvision:resnet18 --depth 1\n```\n"
+    )
+    assert blocks(text, ("python",)) == [(7, "a = 1\n", None)]
     assert commands(text) == [(10, ["tree", "torchvision:resnet18", "--depth", "1"])]
+
+
+def test_printed_output_comparison() -> None:
+    check_printed("page", 1, "a\n  ...\nTotal: 3\n", "a\n  b  \n  c\nTotal: 3\n")
+    with pytest.raises(pytest.fail.Exception, match="printed"):
+        check_printed("page", 1, "Total: 4\n", "Total: 3\n")

@@ -2,7 +2,7 @@
 
 Layers, bottom to top (a module may import from its own layer and the layers below):
 
-    0  surgery._errors, surgery._boundary     the exception tree and the error boundary
+    0  surgery._errors, _boundary, _hints    the exception tree, the error boundary, hints
     1  surgery.paths                          the grammar, resolving paths against a model
     2  surgery.trace                          meta copies, tracing, cut/split, compose, verify, tree
     3  surgery.edit                           the plan -> commit engine and the in-place edits
@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent / "surgery"
 LAYERS = {
     "surgery._errors": 0,
     "surgery._boundary": 0,
+    "surgery._hints": 0,
+    "surgery._version": 0,
     "surgery.paths": 1,
     "surgery.trace": 2,
     "surgery.edit": 3,

@@ -99,6 +99,7 @@ def test_parse_shape() -> None:
         parse_shape("0,3")
 
 
+@pytest.mark.slow  # a fresh interpreter; tests/test_cli.py runs the entry point too
 def test_python_dash_m_runs_the_cli() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "surgery", "tree", "torchvision:alexnet", "--depth", "1"],

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from .._errors import CheckpointError, LoadError, SaveError
+from .._hints import Hint
 from ._source import TensorInfo, TensorSource, reject_non_tensors
 
 __all__ = ["DCPSource", "SafeFileSystemReader", "open_dcp", "save_dcp"]
@@ -276,9 +277,10 @@ def _unwrap(
     cands = _dcp_candidates(keys, tensors, planner_data)
     if len(cands) == 1:
         return cands[0] + ".", cands[0]
+    pick = Hint("key", cands[0])
     raise LoadError(
-        f"{path} wraps several state dicts: {', '.join(map(repr, cands))}; pick one with "
-        f"key=, e.g. load_partial(..., key={cands[0]!r})"
+        f"{path} wraps several state dicts: {', '.join(map(repr, cands))}; pick one with {pick}",
+        hints=(pick,),
     )
 
 

@@ -104,6 +104,12 @@ class CheckedFile:
         self.check()
         fd = self._require_fd()
         done, total = 0, len(out)
+        if offset < 0 or offset + total > self.size:
+            raise CheckpointError(
+                f"{self.path!r}: {total} bytes at offset {offset} lie outside the "
+                f"{self.size}-byte file (a corrupt offset, or a truncated file)",
+                file=self.path,
+            )
         while done < total:
             chunk = out[done : done + min(total - done, _MAX_READ)]
             try:

@@ -24,6 +24,7 @@ from torch import nn
 
 from .._boundary import operation
 from .._errors import ArgumentError
+from ._auto import auto_rules, split_auto
 from ._casting import CASTING
 from ._commit import commit
 from ._open import open_source
@@ -82,6 +83,7 @@ def load_partial(
     key: str | None = None,
     init_missing: bool = False,
     mmap: bool = False,
+    on_ambiguous: str = "error",
 ) -> Any:
     """Load part of a checkpoint into a model, in place, all or nothing.
 
@@ -91,8 +93,8 @@ def load_partial(
     before the load keeps working. Buffers (BatchNorm statistics) load too.
 
     Args:
-        source: a checkpoint path (``.pt``/``.pth``/``.bin``/``.ckpt`` read with
-            ``torch.load(weights_only=True, mmap=True)``, ``.safetensors``, a
+        source: a checkpoint path (``.pt``/``.pth``/``.bin``/``.ckpt``, read with
+            torch's weights-only unpickler, every record checked; ``.safetensors``; a
             sharded ``*.index.json``), a directory holding one, a Mapping of
             tensors, or an ``nn.Module``. A wrapper (``{"model": ...}``,
             ``{"state_dict": ...}``, ...) is unwrapped; ``key=`` picks one when
@@ -108,6 +110,10 @@ def load_partial(
             prefix wins), a list of ``(regex, replacement)`` pairs applied in
             order (``re.sub``, count 1; the replacement may be a callable on the
             match), or a callable ``key -> new key | None`` (None drops).
+            ``"auto"`` infers the mapping with :func:`surgery.match_keys` (by
+            name, then by structure; never by guess); ``["auto", {...}]``
+            applies the explicit rules first. Every inferred mapping is in
+            ``report.renamed`` and ``report.how``.
         strict: every model key under ``at`` must be loaded and every selected
             checkpoint key used.
         on_mismatch: ``"error"`` (default) or ``"skip"`` for shape mismatches.
@@ -125,11 +131,18 @@ def load_partial(
             module's own initializer (``reset_parameters()``, or
             MultiheadAttention's) and listed in ``report.initialized``. Without
             it, tensors left on meta are an error naming them.
+        mmap: False (default): every loaded tensor is a private copy, so the
+            model never depends on the file. True: zero-copy, memory-mapped
+            tensors where the dtypes allow; the model then reads the file as it
+            is, so overwriting or truncating it later changes or breaks the model.
+        on_ambiguous: with ``rename="auto"``: ``"error"`` (default) refuses when
+            a selected key could map to more than one key; ``"skip"`` leaves
+            those keys out (they end in ``missing`` / ``unexpected``).
 
     Into a model on the meta device (``with torch.device("meta"): model = ...``)
     exactly the loaded tensors are materialized: like
-    ``load_state_dict(assign=True)``, the memory-mapped or freshly read tensor
-    becomes the parameter's storage when the dtypes match (no extra copy; a
+    ``load_state_dict(assign=True)``, the freshly read tensor (memory-mapped
+    with ``mmap=True``) becomes the parameter's storage when the dtypes match (no extra copy; a
     Mapping source's own tensors are used as they are, an ``nn.Module`` source
     is copied). A parameter on meta is replaced by a new ``nn.Parameter``
     (``requires_grad`` kept); identity is kept for materialized parameters only.
@@ -167,6 +180,11 @@ def load_partial(
         _check_args(into, at, strict, on_mismatch, casting, dry_run, transactional, init_missing)
         if not isinstance(mmap, bool):
             raise ArgumentError(f"mmap must be True or False, got {mmap!r}")
+        auto, rename = split_auto(rename)
+        if on_ambiguous not in ("error", "skip"):
+            raise ArgumentError(f"on_ambiguous must be 'error' or 'skip', got {on_ambiguous!r}")
+        if auto and into is None:
+            raise ArgumentError("rename='auto' matches keys against a model: pass into= too")
         return _load(
             source,
             into,
@@ -182,6 +200,8 @@ def load_partial(
             key=key,
             init_missing=init_missing,
             mmap=mmap,
+            auto=auto,
+            on_ambiguous=on_ambiguous,
         )
 
 
@@ -205,6 +225,8 @@ def _load(
     key: str | None,
     init_missing: bool,
     mmap: bool,
+    auto: bool = False,
+    on_ambiguous: str = "error",
 ) -> Any:
     """parse -> plan -> commit (see :func:`load_partial`)."""
     rules = RenameRules.build(rename)
@@ -213,6 +235,11 @@ def _load(
     keep_open = False
     try:
         keyfilter = KeyFilter.build(include, exclude, src.keys())
+        match = None
+        if auto and into is not None:
+            rules, match = auto_rules(
+                src, keyfilter, rules, into, at, on_ambiguous=on_ambiguous, on_mismatch=on_mismatch
+            )
         key_map, selected = select_keys(src, keyfilter, rules)
         if into is None:
             keep_open = True
@@ -230,6 +257,8 @@ def _load(
             init_missing=init_missing,
         )
         plan.report.dry_run = dry_run
+        if match is not None:
+            plan.report.how = {k: match.how.get(k, "name") for k in plan.report.loaded}
         plan.copy_meta = isinstance(source, nn.Module)
         if not dry_run:
             commit(plan, src, transactional=transactional)

@@ -4,7 +4,8 @@ Used by :func:`surgery.load_partial` (:mod:`surgery.checkpoint._load`):
 
 * **Meta targets** (a model built under ``torch.device("meta")``): a loaded
   tensor is *assigned*, not copied, like ``load_state_dict(assign=True)``: the
-  memory-mapped or freshly read tensor becomes the parameter's storage when the
+  freshly read (with ``mmap=True``: memory-mapped) tensor becomes the
+  parameter's storage when the
   dtypes match (a cast makes one new tensor). A parameter on meta has no
   storage to keep, so it is replaced by a new ``nn.Parameter`` (same
   ``requires_grad``; tied keys get the same new object). Parameters that are

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .._errors import LoadError
+from .._hints import Hint
 from ..paths._resolve import resolve
 from ._casting import cast_problem, is_safe_cast, value_problem
 from ._materialize import MetaInit, is_dtensor, plan_init
@@ -73,25 +74,26 @@ def _owner(
     return (root.get_submodule(mod_path) if mod_path else root), name
 
 
-def _zero_hint(targets: list[str], model_keys: set[str], renamed: bool = False) -> str:
-    """A rename/at hint when no checkpoint key matches a model key.
+def _zero_hint(
+    targets: list[str], model_keys: set[str], renamed: bool = False
+) -> tuple[str, tuple[Hint, ...]]:
+    """A rename/at hint when no checkpoint key matches a model key: (text, hints).
 
     ``targets`` are the keys after renaming (``renamed``: the rules changed some).
     """
     if not targets or not model_keys:
-        return ""
+        return "", ()
     if renamed:
-        hint = _zero_hint(targets, model_keys)
-        return f"after renaming, {hint} (adjust rename=)" if hint else ""
+        hint, hints = _zero_hint(targets, model_keys)
+        adjust = Hint("rename")
+        return (f"after renaming, {hint} (adjust {adjust})", (*hints, adjust)) if hint else ("", ())
     firsts = {k.split(".", 1)[0] for k in targets}
     if len(firsts) == 1 and all("." in k for k in targets):
         p = next(iter(firsts))
         n = sum(k.split(".", 1)[1] in model_keys for k in targets)
         if n:
-            return (
-                f"every checkpoint key starts with '{p}.': rename={{'{p}.': ''}} "
-                f"(then {n} keys match)"
-            )
+            fix = Hint("rename", {f"{p}.": ""})
+            return f"every checkpoint key starts with '{p}.': {fix} (then {n} keys match)", (fix,)
     # the model's keys hold the checkpoint's under a prefix: at= (or add a prefix)
     best: dict[str, int] = {}
     for k in targets[:200]:
@@ -101,9 +103,8 @@ def _zero_hint(targets: list[str], model_keys: set[str], renamed: bool = False) 
                 best[q] = best.get(q, 0) + 1
     if best:
         q, n = max(best.items(), key=lambda kv: kv[1])
-        return (
-            f"{n} checkpoint keys match model keys under '{q}': at='{q}' (or rename={{'': '{q}.'}})"
-        )
+        at, add = Hint("at", q), Hint("rename", {"": f"{q}."})
+        return f"{n} checkpoint keys match model keys under '{q}': {at} (or {add})", (at, add)
     # part of the checkpoint has an extra leading segment
     counts: dict[str, int] = {}
     for k in targets:
@@ -113,8 +114,9 @@ def _zero_hint(targets: list[str], model_keys: set[str], renamed: bool = False) 
                 counts[p] = counts.get(p, 0) + 1
     if counts:
         p, n = max(counts.items(), key=lambda kv: kv[1])
-        return f"{n} checkpoint keys starting with '{p}.' match once renamed: rename={{'{p}.': ''}}"
-    return ""
+        fix = Hint("rename", {f"{p}.": ""})
+        return f"{n} checkpoint keys starting with '{p}.' match once renamed: {fix}", (fix,)
+    return "", ()
 
 
 def select_keys(
@@ -255,21 +257,25 @@ def build_plan(
     model_name = type(into).__name__
     if mismatched and on_mismatch == "error":
         lines = [f"{k!r}: checkpoint {a} vs model {b}" for k, (a, b) in mismatched.items()]
+        skip, drop = Hint("on_mismatch", "skip"), Hint("exclude")
         raise LoadError(
             listing(
                 f"{len(mismatched)} shape mismatch(es) between {source.description} and "
-                f"{model_name}{where}; nothing was loaded (pass on_mismatch='skip' to skip them, "
-                "or exclude= them):",
+                f"{model_name}{where}; nothing was loaded (pass {skip} to skip them, "
+                f"or {drop} them):",
                 lines,
-            )
+            ),
+            hints=(skip, drop),
         )
     if cast_errors:
+        unsafe = Hint("casting", "unsafe")
         raise LoadError(
             listing(
                 f"{len(cast_errors)} dtype cast(s) refused under casting={casting!r}; nothing was "
-                "loaded (pass casting='unsafe' to allow them, or convert the checkpoint):",
+                f"loaded (pass {unsafe} to allow them, or convert the checkpoint):",
                 cast_errors,
-            )
+            ),
+            hints=(unsafe,),
         )
     if tie_errors:
         raise LoadError(listing("tied parameters would be untied; nothing was loaded:", tie_errors))
@@ -284,7 +290,7 @@ def build_plan(
     report.unused_rules = rules.unused()
     if not items:
         targets = list(key_map)
-        hint = _zero_hint(
+        hint, hints = _zero_hint(
             targets, set(model_tensors), any(new != ck for new, ck in key_map.items())
         )
         what = f"{len(selected)} selected checkpoint key(s)"
@@ -295,10 +301,12 @@ def build_plan(
             f"{model_name}{where}.\n"
             f"  checkpoint keys look like: {quoted(targets[:4]) or '(none)'}\n"
             f"  model keys look like: {quoted(list(model_tensors)[:4]) or '(none)'}"
-            + (f"\n  hint: {hint}" if hint else "")
+            + (f"\n  hint: {hint}" if hint else ""),
+            hints=hints,
         )
     inits = _plan_meta(root, prefix, model_tensors, loaded_rel, report, init_missing, model_name)
     if strict and (report.missing or report.unexpected):
+        strict_hints: tuple[Hint, ...] = (Hint("strict", True),)
         parts = []
         if report.missing:
             parts.append(
@@ -314,10 +322,12 @@ def build_plan(
         if report.unexpected and all(
             k.endswith("num_batches_tracked") for k in report.unexpected
         ):  # e.g. BatchNorm statistics into FrozenBatchNorm2d, which has no counter
-            parts.append("  hint: exclude='**.num_batches_tracked'")
+            strict_hints += (Hint("exclude", "**.num_batches_tracked"),)
+            parts.append(f"  hint: {strict_hints[-1]}")
         raise LoadError(
-            f"strict=True: every model key{where} must be loaded and every selected checkpoint "
-            f"key used; nothing was loaded:\n" + "\n".join(parts)
+            f"{strict_hints[0]}: every model key{where} must be loaded and every selected "
+            f"checkpoint key used; nothing was loaded:\n" + "\n".join(parts),
+            hints=strict_hints,
         )
     return Plan(items, report, inits)
 

@@ -59,6 +59,9 @@ class LoadReport:
         initialized: model keys that were on the meta device, received no value
             and were materialized on CPU by their module's initializer
             (``init_missing=True``); they are in ``missing`` too.
+        how: with ``rename="auto"``: loaded model key -> how its checkpoint key
+            was found (``"name"``, ``"rename"`` or ``"structure"``, see
+            :func:`surgery.match_keys`); empty otherwise.
 
     Example:
         >>> import torchvision, surgery
@@ -83,6 +86,7 @@ class LoadReport:
     unwrapped: str | None = None
     dry_run: bool = False
     initialized: list[str] = field(default_factory=list)
+    how: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data (shapes as lists, dtypes as names)."""
@@ -98,6 +102,7 @@ class LoadReport:
             "unwrapped": self.unwrapped,
             "dry_run": self.dry_run,
             "initialized": list(self.initialized),
+            "how": dict(self.how),
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -133,7 +138,8 @@ class LoadReport:
         if self.renamed:
             lines.append(f"  renamed ({len(self.renamed)}, model <- checkpoint):")
             for k in sorted(self.renamed)[:_MAX_LOADED_SHOWN]:
-                lines.append(f"    {k!r} <- {self.renamed[k]!r}")
+                how = f"  [{self.how[k]}]" if k in self.how else ""
+                lines.append(f"    {k!r} <- {self.renamed[k]!r}{how}")
             if len(self.renamed) > _MAX_LOADED_SHOWN:
                 lines.append(f"    ... and {len(self.renamed) - _MAX_LOADED_SHOWN} more")
         if self.unused_rules:

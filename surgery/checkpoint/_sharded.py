@@ -13,9 +13,9 @@ a few layers with ``include=`` touches only the shards that hold them.
 ``bytes_read`` counts the tensor bytes actually read.
 
 Engines: safetensors shards go through :class:`surgery.checkpoint._safetensors.SafetensorsSource`
-(``safe_open``: the header gives shapes and dtypes without reading data);
-``.bin`` shards through ``torch.load(weights_only=True, mmap=True)``, which maps
-the file and reads nothing until a tensor is touched.
+(the header gives shapes and dtypes without reading data); ``.bin`` shards
+through :func:`surgery.checkpoint._torchfile.open_torch_file` (the pickle is read,
+tensor bytes only when a tensor is asked for). Both read with ``preadv``.
 """
 
 from __future__ import annotations

@@ -74,8 +74,10 @@ class TensorSource:
 
     * ``keys()`` is in checkpoint order and has no duplicates.
     * ``info(key)`` must not read tensor data when the format has a header.
-    * ``read(key)`` returns a CPU tensor (memory-mapped where possible, no
-      extra copy); the caller never writes into it.
+    * ``read(key)`` returns a CPU tensor: a private copy for file sources
+      (a memory-mapped view with ``mmap=True``), the mapping's own tensor for a
+      mapping; the caller never writes into it. ``read_into(key, out)`` fills
+      a caller's tensor (file sources read straight into its memory).
     * unknown keys raise ``LoadError`` naming the key and ``description``;
       unreadable data raises ``CheckpointError`` naming the file.
     * sources are context managers; ``close()`` is idempotent.
@@ -94,7 +96,7 @@ class TensorSource:
         raise NotImplementedError
 
     def read(self, key: str) -> torch.Tensor:
-        """The tensor ``key`` (CPU, memory-mapped where possible; do not write into it)."""
+        """The tensor ``key`` (CPU; do not write into it)."""
         raise NotImplementedError
 
     def read_into(self, key: str, out: torch.Tensor) -> None:

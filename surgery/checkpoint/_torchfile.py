@@ -186,7 +186,7 @@ class TorchFileSource(FileSource):
                 raise self._bad(f"record {name!r} appears twice in the zip directory")
             if info.compress_type != zipfile.ZIP_STORED:
                 raise self._bad(f"record {name!r} is compressed (torch stores records as is)")
-            if info.header_offset + _LOCAL_HEADER > size:
+            if info.header_offset < 0 or info.header_offset + _LOCAL_HEADER > size:
                 raise self._bad(f"record {name!r} starts past the end of the file")
             local = self._file.read_bytes(info.header_offset, _LOCAL_HEADER)
             if local[:4] != _ZIP_MAGIC:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .._errors import ArgumentError, LoadError
+from .._hints import Hint
 
 __all__ = ["WRAPPER_KEYS", "unwrap_state_dict"]
 
@@ -86,9 +87,11 @@ def unwrap_state_dict(
     if not cands:
         shown = ", ".join(f"{k!r} ({type(v).__name__})" for k, v in list(obj.items())[:20])
         raise LoadError(f"{description} holds no tensors: entries {shown}")
+    pick = Hint("key", cands[0])
     raise LoadError(
         f"{description} wraps several state dicts: {', '.join(map(repr, cands))}; pick one "
-        f"with key=, e.g. load_partial(..., key={cands[0]!r}) (CLI: --key {cands[0]})"
+        f"with {pick}",
+        hints=(pick,),
     )
 
 

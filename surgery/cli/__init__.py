@@ -1,160 +1,111 @@
-"""The ``surgery`` command-line tool.
+"""The ``surgery`` command-line tool (also ``python -m surgery``).
 
 Subcommands::
 
-    surgery tree SPEC [--depth N] [--input 1,3,224,224] [--json]
+    surgery tree SPEC|CKPT [--depth N] [--input 1,3,224,224] [--kwargs JSON] [--json]
+    surgery plan CKPT --into SPEC [--at P] [--rename OLD=NEW ...] [--include P ...] ...
+    surgery diff A B [--json]                 A, B: checkpoints or model specs
+    surgery convert IN OUT [--max-shard-size S] [--key K] [--force]
 
-A model SPEC is ``torchvision:NAME`` (built with ``weights=None``),
-``package.module:callable`` (called with no arguments), or a checkpoint file.
-Every ``SurgeryError`` becomes a one-paragraph message on stderr and exit code 2.
+A model SPEC is ``torchvision:NAME`` (built with every ``weights*`` argument
+``None``: nothing is downloaded) or ``package.module:callable`` (called with
+``--kwargs``, none by default); see :mod:`surgery.cli._spec`. Every
+``SurgeryError`` becomes a short message on stderr, its hints spelled as options
+(:mod:`surgery.cli._render`), and exit code 2; ``diff`` exits 1 when its inputs
+differ.
+
+Adding a subcommand: write ``surgery/cli/_NAME.py`` with a function::
+
+    def register(subcommands: argparse._SubParsersAction) -> None:
+        p = subcommands.add_parser("NAME", help="one line for `surgery --help`",
+                                   description="what the command does, for `surgery NAME --help`")
+        p.add_argument("--opt", help="every option has help text")
+        p.set_defaults(run=run_NAME)        # run_NAME(args) -> exit code
+
+and add the module to :data:`SUBCOMMAND_MODULES` below. Registration goes one
+way: this package imports the subcommand modules; they import :mod:`._spec`,
+:mod:`._render` and the library, never this package.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from types import ModuleType
 
-import torch
-from torch import nn
+from .._errors import SurgeryError
+from . import _load, _match, _tree
+from ._render import render_error
+from ._spec import load_model_spec, parse_kwargs, parse_shape
 
-from .._errors import ArgumentError, SurgeryError
-from ..trace._tree import tree
+__all__ = [
+    "SUBCOMMAND_MODULES",
+    "build_parser",
+    "load_model_spec",
+    "main",
+    "parse_kwargs",
+    "parse_shape",
+]
 
-__all__ = ["build_parser", "load_model_spec", "main", "parse_shape"]
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1,3,224,224"`` (or ``1x3x224x224``) -> ``(1, 3, 224, 224)``."""
-    parts = text.replace("x", ",").replace(" ", "").strip("()[]").split(",")
-    try:
-        dims = tuple(int(p) for p in parts if p)
-    except ValueError:
-        raise ArgumentError(f"--input must be integers such as 1,3,224,224, got {text!r}") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise ArgumentError(f"--input must be positive integers such as 1,3,224,224, got {text!r}")
-    return dims
+#: The subcommand modules, in the order ``surgery --help`` lists their commands.
+SUBCOMMAND_MODULES: tuple[ModuleType, ...] = (_tree, _load, _match)
 
 
-def load_model_spec(spec: str, *, meta: bool = False) -> nn.Module:
-    """Build the model a CLI ``SPEC`` names.
+def _version() -> str:
+    from .._version import __version__
 
-    ``torchvision:resnet18`` builds ``torchvision.models.get_model("resnet18",
-    weights=None)``; ``package.module:callable`` imports and calls it with no
-    arguments. With ``meta=True`` the model is built on the meta device (no memory).
-
-    Raises:
-        ArgumentError: the spec is malformed or names nothing.
-    """
-    if ":" not in spec:
-        raise ArgumentError(
-            f"model spec {spec!r} is neither torchvision:NAME nor package.module:callable "
-            "nor an existing checkpoint file"
-        )
-    prefix, _, name = spec.partition(":")
-    factory: Callable[[], Any]
-    if prefix == "torchvision":
-        import torchvision
-
-        available = torchvision.models.list_models()
-        if name not in available:
-            import difflib
-
-            close = difflib.get_close_matches(name, available, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ArgumentError(f"torchvision has no model {name!r}{hint}")
-
-        def factory() -> Any:
-            return torchvision.models.get_model(name, weights=None)
-
-    else:
-        try:
-            module = importlib.import_module(prefix)
-        except ImportError as exc:
-            raise ArgumentError(f"cannot import {prefix!r} from spec {spec!r}: {exc}") from None
-        obj = module
-        for part in name.split("."):
-            if not hasattr(obj, part):
-                raise ArgumentError(f"{prefix!r} has no attribute {name!r} (spec {spec!r})")
-            obj = getattr(obj, part)
-        if not callable(obj):
-            raise ArgumentError(f"{spec!r} is not callable")
-        factory = obj
-    if meta:
-        with torch.device("meta"):
-            model = factory()
-    else:
-        model = factory()
-    if not isinstance(model, nn.Module):
-        raise ArgumentError(f"{spec!r} returned {type(model).__name__}, not an nn.Module")
-    return model
-
-
-# Extra subcommands register themselves here: name -> (configure(parser), run(args) -> int).
-SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[Any], int]]] = {}
-
-
-def _configure_tree(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="torchvision:NAME, package.module:callable, or a checkpoint file")
-    p.add_argument("--depth", type=int, default=None, help="show paths of at most N segments")
-    p.add_argument("--input", default=None, help="input size such as 1,3,224,224 (adds shapes)")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON")
-
-
-def _run_tree(args: Any) -> int:
-    input_size = parse_shape(args.input) if args.input else None
-    tree_of_file = SUBCOMMANDS.get("__tree_file__")
-    import os
-
-    if tree_of_file is not None and os.path.exists(args.spec):
-        return tree_of_file[1](args)
-    model = load_model_spec(args.spec, meta=True)
-    result = tree(model, depth=args.depth, input_size=input_size)
-    print(result.to_json(indent=2) if args.json else result)
-    return 0
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``surgery`` argument parser, with every subcommand registered.
+
+    Example:
+        >>> sorted(build_parser()._subparsers._group_actions[0].choices)
+        ['convert', 'diff', 'plan', 'tree']
+    """
     parser = argparse.ArgumentParser(
-        prog="surgery", description="Path-addressable model surgery for PyTorch."
+        prog="surgery",
+        description="Path-addressable model surgery for PyTorch: inspect models and "
+        "checkpoints, plan partial loads, compare and convert checkpoints.",
+        epilog="A model SPEC is torchvision:NAME (no weights are downloaded) or "
+        "package.module:callable (see --kwargs). `surgery COMMAND --help` describes each command.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("tree", help="print a model's (or a checkpoint's) module tree")
-    _configure_tree(p)
-    p.set_defaults(run=_run_tree)
-    for name, (configure, run) in SUBCOMMANDS.items():
-        if name.startswith("__"):
-            continue
-        sp = sub.add_parser(
-            name, help=(run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else None
-        )
-        configure(sp)
-        sp.set_defaults(run=run)
+    parser.add_argument(
+        "--version", action="version", version=f"surgery {_version()}", help="print the version"
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of the commands below"
+    )
+    for module in SUBCOMMAND_MODULES:
+        module.register(sub)
+    for p in sub.choices.values():
+        p.set_defaults(_options=frozenset(o for a in p._actions for o in a.option_strings))
     return parser
 
 
-def _register_extensions() -> None:
-    """Import the modules that add subcommands (kept lazy so `import surgery` stays light)."""
-    for mod in ("surgery.cli._load",):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``surgery`` console script."""
-    _register_extensions()
+    """Entry point of the ``surgery`` console script; returns the exit code.
+
+    Example:
+        >>> main(["tree", "torch.nn:Linear", "--kwargs", '{"in_features": 4, "out_features": 2}'])
+        path    type    params  total  trainable
+        (root)  Linear      10     10        all
+        Total: 10 parameters (10 trainable, 0 frozen)
+        0
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
     except SurgeryError as exc:
-        print(f"surgery {args.command}: error: {exc}", file=sys.stderr)
+        message = render_error(exc, args._options)
+        print(f"surgery {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"surgery {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

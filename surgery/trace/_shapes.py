@@ -10,6 +10,7 @@ first one instead of running (their ``forward`` is patched on the copy only).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -138,7 +139,7 @@ class MetaClone:
         d["training"] = False
         object.__setattr__(new, "__dict__", d)
         # shape shortcuts, on the copy only: norms keep shapes, repeats fill the cache
-        if isinstance(new, _NORMS) and not new._forward_hooks and not new._forward_pre_hooks:
+        if isinstance(new, _norm_types()) and not new._forward_hooks and not new._forward_pre_hooks:
             d["forward"] = _norm_forward(new, new.forward)
         elif sid in self.repeated and id(m) != self.root_id:
             d["forward"] = _cached_forward(new.forward, sid, self.cache)
@@ -175,12 +176,15 @@ class Repeat(nn.Module):
 
 
 _NORMS: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-try:  # torchvision's FrozenBatchNorm2d (detection backbones, surgery.freeze)
-    from torchvision.ops import FrozenBatchNorm2d as _FrozenBN
 
-    _NORMS = (*_NORMS, _FrozenBN)
-except ImportError:  # pragma: no cover
-    pass
+
+def _norm_types() -> tuple[type, ...]:
+    """The normalization classes, torchvision's FrozenBatchNorm2d (detection backbones,
+    surgery.freeze) included once torchvision has been imported: before that, no model
+    can hold one, and importing it here would cost seconds at ``import surgery``."""
+    ops = sys.modules.get("torchvision.ops")
+    frozen = getattr(ops, "FrozenBatchNorm2d", None)
+    return (*_NORMS, frozen) if isinstance(frozen, type) else _NORMS
 
 
 def _norm_forward(m: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:

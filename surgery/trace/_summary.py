@@ -9,18 +9,19 @@ and :func:`surgery.tree` do.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torchinfo import ModelStatistics
-from torchinfo import summary as _torchinfo_summary
 
 from .._boundary import operation
 from .._errors import ArgumentError, SurgeryError
 from ..paths._resolve import check_model
 from ._export import example_data
 from ._meta import eval_mode, meta_copy, normalize_input_size, structural_copy
+
+if TYPE_CHECKING:  # torchinfo is imported at first use: `import surgery` stays light
+    from torchinfo import ModelStatistics
 
 __all__ = ["count_parameters", "summary"]
 
@@ -41,6 +42,10 @@ def _devices(model: nn.Module) -> set[torch.device]:
 
 def _run_torchinfo(model: nn.Module, input_size: Any, kwargs: dict[str, Any]) -> ModelStatistics:
     """torchinfo on ``model`` (a copy), with parameter totals counting each tensor once."""
+    from torchinfo import (
+        summary as _torchinfo_summary,  # at first use: `import surgery` stays light
+    )
+
     try:
         with eval_mode(model):  # torchinfo resets every module to the root's mode; we restore each
             stats = _torchinfo_summary(model, input_size, **kwargs)

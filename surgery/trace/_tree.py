@@ -91,7 +91,7 @@ class ModelTree:
             header.append("output")
         table: list[list[str]] = []
         for r in self.rows:
-            label = ("  " * r.depth) + (r.path.rsplit(".", 1)[-1] if r.path else "(root)")
+            label = ("  " * r.depth) + (r.path or "(root)")  # full paths: copy them out
             state = (
                 "all" if r.frozen == 0 else ("frozen" if r.trainable == 0 else f"{r.trainable:,}")
             )

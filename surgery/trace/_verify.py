@@ -13,12 +13,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torchinfo import ModelStatistics
 
 from .._boundary import operation
 from .._errors import ArgumentError, VerificationError
@@ -28,7 +28,10 @@ from ._meta import normalize_input_size
 from ._shapes import MetaClone, fast_output_shape, plain_output_shape
 from ._summary import count_parameters, summary
 
-__all__ = ["VerifiedStatistics", "summary", "verify"]
+if TYPE_CHECKING:
+    from torchinfo import ModelStatistics
+
+__all__ = ["summary", "verified_statistics_type", "verify"]
 
 _LAZY = frozenset(
     {"summary_list", "formatting", "total_mult_adds", "total_output_bytes", "total_param_bytes"}
@@ -37,44 +40,58 @@ _LAZY = frozenset(
 # ----------------------------------------------------------------------------- statistics
 
 
-class VerifiedStatistics(ModelStatistics):
-    """torchinfo's ``ModelStatistics`` for :func:`verify`: totals now, the table on demand.
+@functools.cache
+def verified_statistics_type() -> type[Any]:
+    """:class:`VerifiedStatistics`, defined at first use (it subclasses torchinfo's class,
+    and torchinfo is imported at first use so that ``import surgery`` stays light)."""
+    from torchinfo import ModelStatistics
 
-    ``total_params``, ``trainable_params``, ``input_size``, ``total_input`` and
-    ``output_size`` are set by ``verify`` (shared parameters counted once).
-    ``summary_list``, ``formatting``, ``total_mult_adds``, ``total_output_bytes``
-    and ``total_param_bytes`` (and so ``str()``) are computed by
-    :func:`summary` (torchinfo on a meta copy of the model, as it is then) the
-    first time one of them is read; the totals stay verify's.
-    """
+    class VerifiedStatistics(ModelStatistics):
+        """torchinfo's ``ModelStatistics`` for :func:`verify`: totals now, the table on demand.
 
-    def __init__(
-        self,
-        model: nn.Module,
-        input_size: list[tuple[int, ...]],
-        dtypes: list[torch.dtype],
-        total_params: int,
-        trainable_params: int,
-        output_size: Any,
-    ) -> None:  # no super().__init__: it needs the table, which is computed lazily
-        self._model = model
-        self._dtypes = dtypes
-        self.input_size = input_size
-        self.total_input = sum(
-            torch.Size(s).numel() * torch.empty((), dtype=d).element_size()
-            for s, d in zip(input_size, dtypes)
-        )
-        self.total_params = total_params
-        self.trainable_params = trainable_params
-        self.output_size = output_size
+        ``total_params``, ``trainable_params``, ``input_size``, ``total_input`` and
+        ``output_size`` are set by ``verify`` (shared parameters counted once).
+        ``summary_list``, ``formatting``, ``total_mult_adds``, ``total_output_bytes``
+        and ``total_param_bytes`` (and so ``str()``) are computed by
+        :func:`summary` (torchinfo on a meta copy of the model, as it is then) the
+        first time one of them is read; the totals stay verify's.
+        """
 
-    def __getattr__(self, name: str) -> Any:
-        if name in _LAZY:
-            stats = summary(self._model, list(self.input_size), dtypes=self._dtypes)
-            for key in _LAZY:
-                self.__dict__[key] = getattr(stats, key)
-            return self.__dict__[name]
-        raise AttributeError(name)
+        def __init__(
+            self,
+            model: nn.Module,
+            input_size: list[tuple[int, ...]],
+            dtypes: list[torch.dtype],
+            total_params: int,
+            trainable_params: int,
+            output_size: Any,
+        ) -> None:  # no super().__init__: it needs the table, which is computed lazily
+            self._model = model
+            self._dtypes = dtypes
+            self.input_size = input_size
+            self.total_input = sum(
+                torch.Size(s).numel() * torch.empty((), dtype=d).element_size()
+                for s, d in zip(input_size, dtypes)
+            )
+            self.total_params = total_params
+            self.trainable_params = trainable_params
+            self.output_size = output_size
+
+        def __getattr__(self, name: str) -> Any:
+            if name in _LAZY:
+                stats = summary(self._model, list(self.input_size), dtypes=self._dtypes)
+                for key in _LAZY:
+                    self.__dict__[key] = getattr(stats, key)
+                return self.__dict__[name]
+            raise AttributeError(name)
+
+    return VerifiedStatistics
+
+
+def __getattr__(name: str) -> Any:  # `from ._verify import VerifiedStatistics` still works
+    if name == "VerifiedStatistics":
+        return verified_statistics_type()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- verify
@@ -215,4 +232,4 @@ def verify(
                 f"verify({type(model).__name__}, {where}): {len(failures)} {noun}\n"
                 + "\n".join(f"  {f}" for f in failures)
             )
-        return VerifiedStatistics(model, sizes, types, total, trainable, shape)
+        return verified_statistics_type()(model, sizes, types, total, trainable, shape)

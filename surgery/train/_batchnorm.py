@@ -27,7 +27,6 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
-from torchvision.ops import FrozenBatchNorm2d
 
 from .._errors import ArgumentError
 from ..edit._engine import Planner
@@ -142,6 +141,10 @@ def frozen_twin(name: str, bn: Any) -> nn.Module:
     elif type(bn).forward is _BatchNorm.forward or isinstance(bn, nn.SyncBatchNorm):
         C = bn.num_features
         if isinstance(bn, nn.BatchNorm2d):
+            from torchvision.ops import (
+                FrozenBatchNorm2d,  # at first use: import surgery stays light
+            )
+
             twin = FrozenBatchNorm2d(C, eps=bn.eps)
         else:
             twin = FrozenBatchNormNd(C, eps=bn.eps)
