@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     Example:
         >>> sorted(build_parser()._subparsers._group_actions[0].choices)
-        ['convert', 'diff', 'plan', 'tree']
+        ['convert', 'diff', 'match', 'plan', 'tree']
     """
     parser = argparse.ArgumentParser(
         prog="surgery",
