@@ -3,6 +3,7 @@
 Subcommands::
 
     surgery tree SPEC [--depth N] [--input 1,3,224,224] [--json]
+    surgery find MODEL PATTERN [--types T ...] [--json]
 
 A model SPEC is ``torchvision:NAME`` (built with ``weights=None``),
 ``package.module:callable`` (called with no arguments), or a checkpoint file.
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tree", help="print a model's (or a checkpoint's) module tree")
     _configure_tree(p)
     p.set_defaults(run=_run_tree)
+    from ._find import register as register_find
+
+    register_find(sub)
     for name, (configure, run) in SUBCOMMANDS.items():
         if name.startswith("__"):
             continue
