@@ -224,7 +224,7 @@ class Planner:
             aliases: tuple[str, ...] = ()  # the common case, without building the path list
         else:
             aliases = tuple(p for p in self.paths_of(old) if p != path)
-        edit = Edit(path, old, new, aliases, action)
+        edit = Edit.make(path, old, new, aliases, action)
         self._edits.append(edit)
         return edit
 
