@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_run_tree)
     from ._find import register as register_find
 
-    register_find(sub)
+    register_find(sub).set_defaults(load_model=load_model_spec)
     for name, (configure, run) in SUBCOMMANDS.items():
         if name.startswith("__"):
             continue

@@ -56,9 +56,9 @@ def _rows(model: Any, pattern: str, types: list[str] | None) -> list[dict[str, A
 def run_find(args: Any) -> int:
     """Print the matches of ``args.pattern`` in ``args.model``; 0 on success."""
     from .._boundary import operation
-    from . import load_model_spec
 
-    model = load_model_spec(args.model, meta=True)
+    # the spec loader comes from the parser (set by surgery.cli), not an import: no cycle
+    model = args.load_model(args.model, meta=True)
     with operation("find", model=model, path=args.pattern):
         rows = _rows(model, args.pattern, args.types)
     if args.json:
