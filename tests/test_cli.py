@@ -278,7 +278,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_every_option_and_subcommand_has_help() -> None:
     parser = build_parser()
     subs = _subparsers(parser)
-    assert set(subs) == {"tree", "plan", "diff", "convert", "match"}
+    assert set(subs) == {"tree", "find", "plan", "diff", "convert", "match"}
     listed = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert all(choice.help for choice in listed._choices_actions)
     for name, p in subs.items():

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from .._errors import SurgeryError
-from . import _load, _match, _tree
+from . import _find, _load, _match, _tree
 from ._render import render_error
 from ._spec import load_model_spec, parse_kwargs, parse_shape
 
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 #: The subcommand modules, in the order ``surgery --help`` lists their commands.
-SUBCOMMAND_MODULES: tuple[ModuleType, ...] = (_tree, _load, _match)
+SUBCOMMAND_MODULES: tuple[ModuleType, ...] = (_tree, _find, _load, _match)
 
 
 def _version() -> str:
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     Example:
         >>> sorted(build_parser()._subparsers._group_actions[0].choices)
-        ['convert', 'diff', 'match', 'plan', 'tree']
+        ['convert', 'diff', 'find', 'match', 'plan', 'tree']
     """
     parser = argparse.ArgumentParser(
         prog="surgery",

@@ -1,8 +1,10 @@
 """The edit engine: plan every change on working copies, check it, then commit it in one loop.
 
-:class:`Planner` walks the model once and records, for every module object,
-all the places it lives: ``(path, parent, key)`` and the ancestors on that
-path. Operations then describe their changes by module *identity*:
+:class:`Planner` stands on one walk of the model (a
+:class:`~surgery.paths._index.ModuleIndex`, passed in when the operation
+selected its targets from the same walk): for every module object, all the
+places it lives, ``(path, parent, key)`` and the ancestors on that path.
+Operations then describe their changes by module *identity*:
 
 * :meth:`Planner.replace` / :meth:`Planner.delete` edit a module object at
   every one of its locations (the alias policy: every path sees the change);
@@ -14,7 +16,9 @@ path. Operations then describe their changes by module *identity*:
 Edits go into per-container working copies of ``_modules`` (numbered
 containers are renumbered there). :meth:`Planner.finish` validates the whole
 plan (each object edited exactly once, no edit inside another edit's subtree,
-no cycle, the alias policy) and returns an :class:`EditPlan`; :func:`commit`
+no cycle, the alias policy) and returns an :class:`EditPlan`. Cycles can only
+come from a new module that holds modules of the model; fresh ones are seen
+to be fresh with one id lookup per module they contain. :func:`commit`
 assigns the prepared dicts and values in a loop that allocates nothing, runs
 no user code and validates nothing, so it cannot fail halfway.
 """
@@ -30,6 +34,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from .._errors import ArgumentError, SharedModuleWarning
+from ..paths._index import Location, ModuleIndex, on_chain
 from ..paths._resolve import CONTAINERS, LIST_LIKE, join_path
 from ._plan import Edit, EditPlan, Setting, Step
 
@@ -50,32 +55,6 @@ _SHARED = (
 )
 
 
-class Location(NamedTuple):
-    """One place where a module object lives."""
-
-    path: str
-    parent: nn.Module
-    key: str
-    chain: tuple[Any, ...]  # (id(parent), chain of the parent's location): linked, O(1) to make
-
-    @property
-    def ancestors(self) -> frozenset[int]:
-        """Ids of the modules from the root down to ``parent``."""
-        out, link = [], self.chain
-        while link:
-            out.append(link[0])
-            link = link[1]
-        return frozenset(out)
-
-
-def _on_chain(chain: tuple[Any, ...], ident: int) -> bool:
-    while chain:
-        if chain[0] == ident:
-            return True
-        chain = chain[1]
-    return False
-
-
 def check_aliases(aliases: object) -> str:
     """Raise ArgumentError unless ``aliases`` is one of :data:`ALIAS_POLICIES`."""
     if aliases not in ALIAS_POLICIES:
@@ -90,6 +69,26 @@ def _subtree_ids(module: nn.Module) -> set[int]:
     return {id(m) for m in module.modules()}
 
 
+def _holds_any(module: nn.Module, known: dict[int, Any]) -> bool:
+    """Whether ``module`` or a module inside it has an id in ``known`` (a model's modules)."""
+    if id(module) in known:
+        return True
+    if not module._modules:
+        return False
+    stack, seen = [module], {id(module)}
+    while stack:
+        for child in stack.pop()._modules.values():
+            if child is None:
+                continue
+            ident = id(child)
+            if ident in known:
+                return True
+            if ident not in seen:
+                seen.add(ident)
+                stack.append(child)
+    return False
+
+
 class _Insert(NamedTuple):
     container: nn.Module
     temp_key: str
@@ -100,13 +99,13 @@ class _Insert(NamedTuple):
 class Planner:
     """Collects the edits and settings of one operation on ``model``; see the module docstring."""
 
-    def __init__(self, model: nn.Module, op: str) -> None:
+    def __init__(self, model: nn.Module, op: str, index: ModuleIndex | None = None) -> None:
         self.model = model
         self.op = op
-        self.locations: dict[int, list[Location]] = {}
-        self.paths: dict[int, list[str]] = {id(model): [""]}
-        self._walk()
-        self._work: dict[int, tuple[nn.Module, OrderedDict[str, nn.Module | None], bool]] = {}
+        self.index = index if index is not None and index.model is model else ModuleIndex(model)
+        self._work: dict[int, tuple[nn.Module, OrderedDict[str, nn.Module | None]]] = {}
+        self._numbered: dict[int, bool] = {}  # container id -> keys were "0", "1", ...
+        self._rekeyed: set[int] = set()  # containers whose keys change (insert, delete)
         self._edited: dict[int, str] = {}  # old module id -> the path it was edited at
         self._edits: list[Edit | _Insert] = []
         self._settings: list[Setting] = []
@@ -114,44 +113,41 @@ class Planner:
         self._count = 0
         self._reuses = False  # a new module holds modules of the model: check for cycles
 
-    # ------------------------------------------------------------------ the walk
+    # ------------------------------------------------------------------ lookups
 
-    def _walk(self) -> None:
-        """One DFS over ``_modules``, in model order, shared modules at every path."""
-        stack: list[tuple[nn.Module, str, nn.Module | None, str, tuple[Any, ...]]] = [
-            (self.model, "", None, "", ())
-        ]
-        locations, paths = self.locations, self.paths
-        while stack:
-            module, path, parent, key, above = stack.pop()
-            if parent is not None:
-                locations.setdefault(id(module), []).append(Location(path, parent, key, above))
-                paths.setdefault(id(module), []).append(path)
-            chain = (id(module), above)
-            children = [(k, c) for k, c in module._modules.items() if c is not None]
-            for k, child in reversed(children):  # popped in model order
-                if not _on_chain(chain, id(child)):  # an existing cycle: do not loop forever
-                    stack.append((child, f"{path}.{k}" if path else k, module, k, chain))
+    def locations(self, module: nn.Module) -> list[Location]:
+        """Every location of ``module`` in the model, in model order ([] for the root)."""
+        return self.index.locations(module)
 
     def paths_of(self, module: nn.Module) -> list[str]:
         """Every path of ``module`` in the model, in model order ([] if it is not in the model)."""
-        return list(self.paths.get(id(module), []))
+        return self.index.paths(module)
+
+    def _ancestors(self, module: nn.Module) -> set[int]:
+        """``module`` and every module above any of its locations."""
+        return {id(module)}.union(*(loc.ancestors for loc in self.index.locations(module)))
 
     def _working(self, container: nn.Module) -> OrderedDict[str, nn.Module | None]:
         entry = self._work.get(id(container))
         if entry is None:
+            entry = (container, OrderedDict(container._modules))
+            self._work[id(container)] = entry
+        return entry[1]
+
+    def _is_numbered(self, container: nn.Module) -> bool:
+        numbered = self._numbered.get(id(container))
+        if numbered is None:
             keys = list(container._modules)
             numbered = isinstance(container, LIST_LIKE) and keys == [
                 str(i) for i in range(len(keys))
             ]
-            entry = (container, OrderedDict(container._modules), numbered)
-            self._work[id(container)] = entry
-        return entry[1]
+            self._numbered[id(container)] = numbered
+        return numbered
 
     # ------------------------------------------------------------------ structural edits
 
     def _claim(self, module: nn.Module, path: str) -> list[Location]:
-        locs = self.locations.get(id(module))
+        locs = self.index.locations(module)
         if not locs:
             what = "the root" if module is self.model else "a module that is not in the model"
             raise ArgumentError(f"cannot {self.op} {path or '(root)'!r}: it is {what}")
@@ -164,17 +160,19 @@ class Planner:
         return locs
 
     def _check_cycle(self, new: nn.Module, ancestors: Iterable[int], path: str, kind: str) -> None:
+        """Refuse ``new`` at ``path`` if it contains one of ``ancestors``; call only when
+        :meth:`_reuses_model` says ``new`` holds modules of the model (fresh ones cannot)."""
         inside = _subtree_ids(new)
-        if not self._reuses and any(i in self.paths for i in inside):
-            self._reuses = True
+        first = self.index.first
 
         def outermost_first(i: int) -> tuple[bool, int]:
-            first = self.paths.get(i, [""])[0]
-            return (first != "", first.count("."))
+            loc = first.get(i)
+            return (loc is not None, loc.path.count(".") if loc is not None else 0)
 
         for anc in sorted(ancestors, key=outermost_first):
             if anc in inside:
-                name = self.paths.get(anc, [""])[0]
+                loc = first.get(anc)
+                name = loc.path if loc is not None else ""
                 where = f"{name!r}" if name else "the model itself"
                 raise ArgumentError(_CYCLE.format(kind=kind, path=path, ancestor=where, op=self.op))
 
@@ -186,11 +184,18 @@ class Planner:
             )
         return new
 
+    def _reuses_model(self, new: nn.Module) -> bool:
+        """Whether ``new`` holds modules of the model (then cycles must be checked)."""
+        if _holds_any(new, self.index.first):
+            self._reuses = True
+            return True
+        return False
+
     def replace(self, module: nn.Module, new: nn.Module | None, *, path: str | None = None) -> Edit:
         """Every location of ``module`` gets ``new`` (``None``: the slot holds None)."""
         shown = path if path is not None else (self.paths_of(module) or [""])[0]
         locs = self._claim(module, shown)
-        if new is not None:
+        if new is not None and self._reuses_model(new):
             for loc in locs:
                 self._check_cycle(new, loc.ancestors, loc.path, "module")
         for loc in locs:
@@ -207,30 +212,36 @@ class Planner:
             work = self._working(loc.parent)
             if isinstance(loc.parent, CONTAINERS):
                 work.pop(loc.key, None)
+                self._rekeyed.add(id(loc.parent))
             else:
                 identity = identity or nn.Identity()
                 work[loc.key] = identity
         return self._record(module, identity, shown, "delete")
 
     def _record(self, old: nn.Module, new: nn.Module | None, path: str, action: str) -> Edit:
-        aliases = tuple(p for p in self.paths_of(old) if p != path)
-        edit = Edit(path, old, new, aliases, action)
+        first = self.index.first.get(id(old))
+        if first is not None and first.path == path and id(old) not in self.index.shared:
+            aliases: tuple[str, ...] = ()  # the common case, without building the path list
+        else:
+            aliases = tuple(p for p in self.paths_of(old) if p != path)
+        edit = Edit.make(path, old, new, aliases, action)
         self._edits.append(edit)
         return edit
 
     def put(self, parent: nn.Module, key: str, new: nn.Module | None, *, path: str) -> None:
         """Set the one slot ``parent._modules[key]`` (which holds None or nothing) to ``new``."""
-        if new is not None:
-            ancestors = {id(parent)}.union(
-                *(loc.ancestors for loc in self.locations.get(id(parent), []))
-            )
-            self._check_cycle(new, ancestors, path, "module")
+        if new is not None and self._reuses_model(new):
+            self._check_cycle(new, self._ancestors(parent), path, "module")
         work = self._working(parent)
         action = "insert" if key not in work else "replace"
         if new is None:
+            if key in work:
+                self._rekeyed.add(id(parent))
             work.pop(key, None)
             action = "delete"
         else:
+            if key not in work:
+                self._rekeyed.add(id(parent))
             work[key] = new
         self._edits.append(Edit(path, None, new, (), action))
 
@@ -239,12 +250,11 @@ class Planner:
     ) -> None:
         """Insert ``new`` before (or after) ``container``'s entry ``key``."""
         work = self._working(container)
-        numbered = self._work[id(container)][2]
+        numbered = self._is_numbered(container)
         cpaths = tuple(self.paths_of(container))
-        ancestors = {id(container)}.union(
-            *(loc.ancestors for loc in self.locations.get(id(container), []))
-        )
-        self._check_cycle(new, ancestors, join_path(cpaths[0], key), "module")
+        if self._reuses_model(new):
+            self._check_cycle(new, self._ancestors(container), join_path(cpaths[0], key), "module")
+        self._rekeyed.add(id(container))
         if numbered:
             if name is not None:
                 raise ArgumentError("name= is only for Sequentials with named entries")
@@ -284,8 +294,9 @@ class Planner:
         """
         edits: list[Edit] = []
         final_keys: dict[tuple[int, str], str] = {}
-        for _cid, (container, work, numbered) in self._work.items():
-            if numbered:
+        for cid in self._rekeyed:
+            container, work = self._work[cid]
+            if self._is_numbered(container):
                 renamed = OrderedDict((str(i), m) for i, m in enumerate(work.values()))
                 for i, k in enumerate(work):
                     final_keys[(id(container), k)] = str(i)
@@ -314,7 +325,7 @@ class Planner:
                 f"directly: setattr(surgery.get(model, {parent!r}), {key!r}, new)"
             )
         steps: list[Step] = [
-            (container, "dict", "_modules", work) for container, work, _ in self._work.values()
+            (container, "dict", "_modules", work) for container, work in self._work.values()
         ]
         return EditPlan(
             self.op, type(self.model).__name__, edits, list(self._settings), steps + self._steps
@@ -325,13 +336,13 @@ class Planner:
         for e in edits:
             if e.old is None:
                 continue
-            for loc in self.locations.get(id(e.old), []):
-                for anc in loc.ancestors:
-                    if anc in edited:
-                        raise ArgumentError(
-                            f"{e.path!r} lies inside {edited[anc]!r}, which this {self.op} also "
-                            f"edits: edit the outer module or the inner one, not both"
-                        )
+            for loc in self.index.locations(e.old):
+                anc = on_chain(loc.chain, edited)
+                if anc is not None:
+                    raise ArgumentError(
+                        f"{e.path!r} lies inside {edited[anc]!r}, which this {self.op} also "
+                        f"edits: edit the outer module or the inner one, not both"
+                    )
 
     def _check_acyclic(self) -> None:
         """The model after the commit has no cycle (a backstop for the per-edit checks)."""

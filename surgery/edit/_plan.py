@@ -74,6 +74,21 @@ class Edit:
     aliases: tuple[str, ...] = ()
     action: str = "replace"
 
+    @classmethod
+    def make(
+        cls,
+        path: str,
+        old: nn.Module | None,
+        new: nn.Module | None,
+        aliases: tuple[str, ...],
+        action: str,
+    ) -> Edit:
+        """The same record as ``Edit(...)``, built without the frozen dataclass's per-field
+        ``object.__setattr__`` calls (the engine makes one per edited module)."""
+        edit = object.__new__(cls)
+        edit.__dict__.update(path=path, old=old, new=new, aliases=aliases, action=action)
+        return edit
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: type names instead of modules."""
         return {

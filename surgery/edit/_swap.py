@@ -20,6 +20,7 @@ from torch import nn
 from .._boundary import operation, user_call
 from .._errors import ArgumentError, SurgeryError
 from ..paths._grammar import Slice, compile_pattern, parse_path
+from ..paths._index import ModuleIndex, on_chain
 from ..paths._resolve import check_model, select
 from ._engine import Planner, check_aliases, run_plan
 from ._plan import EditPlan
@@ -107,47 +108,71 @@ def _takes_path(factory: Callable[..., Any]) -> bool:
     return len(positional) >= 2
 
 
-def _own_tensors(module: nn.Module) -> list[torch.Tensor]:
-    return [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
-
-
 def _where(module: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
     """The device of ``module``'s first tensor and its first floating dtype (None: none)."""
-    device = dtype = None
+    device = None
     stack = [module]
-    while stack and dtype is None:
-        m = stack.pop()
-        for t in _own_tensors(m):
-            device = device or t.device
-            if t.is_floating_point():
-                dtype = t.dtype
-                break
-        stack.extend(reversed([c for c in m._modules.values() if c is not None]))
-    return device, dtype
-
-
-def _place(new: nn.Module, old: nn.Module, in_model: set[int], keep_dtype: bool) -> None:
-    """Give the new parts of ``new`` the old module's mode, device and floating dtype."""
-    device, dtype = _where(old)
-    if keep_dtype:
-        dtype = None
-    stack = [new]
     while stack:
         m = stack.pop()
-        if id(m) in in_model:
-            continue  # a part of the model (a wrapped original): never touched here
-        m.training = old.training
-        stack.extend(c for c in m._modules.values() if c is not None)
-        for t in _own_tensors(m):
-            moves = (device is not None and t.device != device) or (
-                dtype is not None and t.is_floating_point() and t.dtype != dtype
+        for tensors in (m._parameters, m._buffers):
+            for t in tensors.values():
+                if t is None:
+                    continue
+                if device is None:
+                    device = t.device
+                if t.is_floating_point():
+                    return device, t.dtype
+        if m._modules:
+            stack.extend(reversed([c for c in m._modules.values() if c is not None]))
+    return device, None
+
+
+def _misplaced(
+    tensors: dict[str, Any], device: torch.device | None, dtype: torch.dtype | None
+) -> bool:
+    for t in tensors.values():
+        if t is None:
+            continue
+        if device is not None and t.device != device:
+            return True
+        if dtype is not None and t.dtype != dtype and t.is_floating_point():
+            return True
+    return False
+
+
+def _place(new: nn.Module, old: nn.Module, in_model: dict[int, Any], keep_dtype: bool) -> None:
+    """Give the new parts of ``new`` the old module's mode, device and floating dtype.
+
+    Parts of the model inside ``new`` (a wrapped original) are never touched;
+    tensors already on the right device with the right dtype are not moved.
+    """
+    mode = old.training
+    where: tuple[torch.device | None, torch.dtype | None] | None = None  # found on first need
+    stack, seen = [new], set()
+    while stack:
+        m = stack.pop()
+        if id(m) in in_model or id(m) in seen:
+            continue  # a module of the model (a wrapped original): left as it is
+        seen.add(id(m))
+        if m.training != mode:
+            m.training = mode
+        if m._modules:
+            stack.extend(c for c in m._modules.values() if c is not None)
+        if not (m._parameters or m._buffers):
+            continue
+        if where is None:
+            device, dtype = _where(old)
+            where = (device, None if keep_dtype else dtype)
+        device, dtype = where
+        if (device is not None or dtype is not None) and (
+            _misplaced(m._parameters, device, dtype) or _misplaced(m._buffers, device, dtype)
+        ):
+            m._apply(
+                lambda x, d=device, f=dtype: x.to(
+                    device=d, dtype=f if x.is_floating_point() else None
+                ),
+                recurse=False,
             )
-            if moves:
-                m._apply(
-                    lambda x: x.to(device=device, dtype=dtype if x.is_floating_point() else None),
-                    recurse=False,
-                )
-                break
 
 
 def swap(
@@ -228,15 +253,16 @@ def swap(
                 f"surgery.swap(model, {pattern.split('[')[0] + '.*'!r}, factory, types=...)",
                 path=pattern,
             )
-        selected = select(model, pattern, types)
-        planner = Planner(model, "swap")
-        in_model = set(planner.paths)
+        index = ModuleIndex(model)  # one walk serves the selection, the plan and the checks
+        selected = select(model, pattern, types, index=index)
+        planner = Planner(model, "swap", index)
+        in_model = index.first
         report = SwapReport(type(model).__name__, dry_run=dry_run)
         chosen: set[int] = set()
         with_path = _takes_path(factory)
         for path, module in selected:
-            locations = planner.locations.get(id(module), [])
-            if any(loc.ancestors & chosen for loc in locations):
+            locations = index.locations(module)
+            if chosen and any(on_chain(loc.chain, chosen) is not None for loc in locations):
                 report.skipped_nested.append(path)
                 continue
             if not locations:

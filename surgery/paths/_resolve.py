@@ -16,6 +16,7 @@ from torch import nn
 
 from .._errors import ArgumentError, PathNotFoundError
 from ._grammar import Path, Slice, compile_pattern, parse_path
+from ._index import ModuleIndex
 from ._types import describe_types, type_matcher
 
 __all__ = [
@@ -217,24 +218,39 @@ def get(model: nn.Module, path: str | Path) -> nn.Module:
 
 def module_paths(model: nn.Module) -> dict[int, list[str]]:
     """Every path of every module, by module id (shared modules have several)."""
-    out: dict[int, list[str]] = {}
-    for name, mod in model.named_modules(remove_duplicate=False):
-        out.setdefault(id(mod), []).append(name)
-    return out
+    index = ModuleIndex(model)
+    return {id(m): index.paths(m) for m in (model, *index.modules)}
 
 
-def select(model: nn.Module, pattern: str | Path, types: Any = None) -> list[tuple[str, nn.Module]]:
+def select(
+    model: nn.Module, pattern: str | Path, types: Any = None, *, index: ModuleIndex | None = None
+) -> list[tuple[str, nn.Module]]:
     """Modules named by a path or a pattern, as ``(name, module)`` in model order.
 
     A plain path resolves exactly (a slice gives its members); a glob or ``re:``
     pattern is matched against ``named_modules`` names, root excluded. ``types``
-    keeps only instances of the given type(s) (see :func:`find`).
+    keeps only instances of the given type(s) (see :func:`find`). ``index``: a
+    :class:`~surgery.paths._index.ModuleIndex` of ``model`` the caller already
+    has (patterns are then matched without another walk).
 
     Raises:
         PathSyntaxError, PathNotFoundError, ArgumentError: as for :func:`find`.
     """
-    match = type_matcher(model, types)
-    found = _select(model, pattern)
+    if index is not None and index.model is not model:
+        index = None
+    match = type_matcher(model, types, None if index is None else index.modules)
+    if match is not None and index is not None and not isinstance(pattern, Path):
+        pat = compile_pattern(pattern)
+        if pat.kind != "path":  # the cheap type test first; the full search only to explain
+            fits = pat.matcher
+            kept = [
+                (loc.path, m)
+                for loc, m in zip(index.order, index.modules)
+                if match(m) and fits(loc.path)
+            ]
+            if kept:
+                return kept
+    found = _select(model, pattern, index)
     if match is None:
         return found
     kept = [(n, m) for n, m in found if match(m)]
@@ -250,7 +266,9 @@ def select(model: nn.Module, pattern: str | Path, types: Any = None) -> list[tup
     return kept
 
 
-def _select(model: nn.Module, pattern: str | Path) -> list[tuple[str, nn.Module]]:
+def _select(
+    model: nn.Module, pattern: str | Path, index: ModuleIndex | None
+) -> list[tuple[str, nn.Module]]:
     if isinstance(pattern, Path):
         target = resolve(model, pattern)
         return _target_members(target)
@@ -258,7 +276,10 @@ def _select(model: nn.Module, pattern: str | Path) -> list[tuple[str, nn.Module]
     if pat.kind == "path":
         return _target_members(resolve(model, pattern))
     match = pat.matcher
-    found = [(n, m) for n, m in model.named_modules() if n and match(n)]
+    if index is None:
+        found = [(n, m) for n, m in model.named_modules() if n and match(n)]
+    else:
+        found = [(loc.path, m) for loc, m in zip(index.order, index.modules) if match(loc.path)]
     if not found:
         top = _children(model)
         shown = ", ".join(top[:20]) + (", ..." if len(top) > 20 else "")

@@ -10,7 +10,7 @@ types present; anything else is an :class:`~surgery.ArgumentError`.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
@@ -22,12 +22,13 @@ __all__ = ["describe_types", "type_matcher"]
 _KINDS = "a class, a tuple of classes, a class name or a list of class names"
 
 
-def _module_types(model: nn.Module) -> list[str]:
-    return sorted({type(m).__name__ for m in model.modules()})
-
-
-def type_matcher(model: nn.Module, types: Any) -> Callable[[nn.Module], bool] | None:
+def type_matcher(
+    model: nn.Module, types: Any, modules: Iterable[nn.Module] | None = None
+) -> Callable[[nn.Module], bool] | None:
     """A predicate for ``types`` (None: no filter), checked against ``model`` first.
+
+    ``modules`` are the model's modules when the caller has them already
+    (default: ``model.modules()``); they are only walked for class names.
 
     Raises:
         ArgumentError: ``types`` is of a wrong kind (an int, a module instance, empty).
@@ -60,10 +61,11 @@ def type_matcher(model: nn.Module, types: Any) -> Callable[[nn.Module], bool] | 
             )
             raise ArgumentError(f"types must be {_KINDS}, got {type(t).__name__} {t!r}{hint}")
     if names:
-        present = {c.__name__ for m in model.modules() for c in type(m).__mro__}
+        classes_present = {type(m) for m in (model.modules() if modules is None else modules)}
+        present = {c.__name__ for cls in classes_present for c in cls.__mro__}
         unknown = sorted(names - present)
         if unknown:
-            kinds = _module_types(model)
+            kinds = sorted({cls.__name__ for cls in classes_present})
             close = difflib.get_close_matches(unknown[0], sorted(present), n=1)
             raise PathNotFoundError(
                 f"types={unknown[0]!r}: no module of {type(model).__name__} is a {unknown[0]}"
@@ -72,11 +74,18 @@ def type_matcher(model: nn.Module, types: Any) -> Callable[[nn.Module], bool] | 
                 + (", ..." if len(kinds) > 30 else "")
             )
     cls_tuple = tuple(classes)
+    if not names:
+        return lambda module: isinstance(module, cls_tuple)
+    by_class: dict[type, bool] = {}  # the MRO is scanned once per class, not per module
 
     def match(module: nn.Module) -> bool:
-        if cls_tuple and isinstance(module, cls_tuple):
+        if isinstance(module, cls_tuple):
             return True
-        return bool(names) and any(c.__name__ in names for c in type(module).__mro__)
+        cls = type(module)
+        hit = by_class.get(cls)
+        if hit is None:
+            hit = by_class[cls] = any(c.__name__ in names for c in cls.__mro__)
+        return hit
 
     return match
 

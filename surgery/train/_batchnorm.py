@@ -249,7 +249,7 @@ def plan_bn(planner: Planner, entries: Sequence[tuple[str, nn.Module, str | None
         if id(m) in seen:
             continue
         seen.add(id(m))
-        locations = planner.locations.get(id(m), [])
+        locations = planner.locations(m)
         holder = locations[0].parent if locations else None
         converted = ORIGINAL in m.__dict__
         if policy == "frozen":
