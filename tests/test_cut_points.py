@@ -47,6 +47,7 @@ def test_not_found_errors_point_to_cut_points() -> None:
 # --------------------------------------------------------------------------- hiera
 
 
+@pytest.mark.slow
 def test_hiera_optional_mask_is_absent() -> None:
     torch.manual_seed(0)
     model = timm.create_model("hiera_tiny_224", pretrained=False).eval()
@@ -79,6 +80,7 @@ def test_optional_arguments_take_their_defaults() -> None:
 # --------------------------------------------------------------------------- iterated containers
 
 
+@pytest.mark.slow
 def test_ssdlite_backbone_features_and_extra_are_cut_points() -> None:
     torch.manual_seed(0)
     ssd = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
@@ -182,6 +184,7 @@ def test_summary_counts_shared_parameters_once() -> None:
 # --------------------------------------------------------------------------- stages
 
 
+@pytest.mark.slow
 def test_stage_paths_resolve_through_feature_info() -> None:
     torch.manual_seed(0)
     model = timm.create_model("resnet18", pretrained=False).eval()

@@ -146,6 +146,11 @@ def _rel(page: Path) -> str:
 
 
 RUNNABLE = [p for p in PAGES if python_blocks(p.read_text()) or commands(p.read_text())]
+# pages whose examples build several full-size models: CI's slow step runs them
+SLOW_PAGES = {"composing.md", "freezing.md", "convert_between_zoos.md"}
+RUNNABLE_PARAMS = [
+    pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW_PAGES else p for p in RUNNABLE
+]
 
 
 def test_docs_exist() -> None:
@@ -169,7 +174,7 @@ def _run_doctest(code: str, ns: dict, name: str, lineno: int) -> None:
         )
 
 
-@pytest.mark.parametrize("page", RUNNABLE, ids=_rel)
+@pytest.mark.parametrize("page", RUNNABLE_PARAMS, ids=_rel)
 def test_page_runs(
     page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -410,9 +410,9 @@ def _pair(name: str) -> tuple[nn.Module, nn.Module]:
 
 
 TIMM = [
-    "repvit_m1",
+    pytest.param("repvit_m1", marks=pytest.mark.slow),
     "deit_tiny_distilled_patch16_224",
-    "levit_128s",
+    pytest.param("levit_128s", marks=pytest.mark.slow),
     pytest.param("volo_d1_224", marks=pytest.mark.slow),
 ]
 
