@@ -12,12 +12,12 @@ original exception as ``__cause__``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ._errors import SurgeryError
+from ._errors import ArgumentError, SurgeryError
 
-__all__ = ["operation", "user_call"]
+__all__ = ["check_choice", "operation", "user_call"]
 
 _T = TypeVar("_T")
 
@@ -84,3 +84,26 @@ def user_call(
     except Exception as e:
         detail = str(e) or type(e).__name__
         raise error(f"{what} raised {type(e).__name__}: {detail}", **fields) from e
+
+
+def check_choice(name: str, value: object, choices: Mapping[str, str] | Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``; else raise :class:`ArgumentError`.
+
+    ``choices`` is a sequence of the valid strings, or a mapping of each to what it
+    does, which the message then explains.
+
+    Example:
+        >>> check_choice("bn", "eval", {"eval": "statistics fixed", "train": "updating"})
+        'eval'
+        >>> try:
+        ...     check_choice("on_mismatch", "ignore", ("error", "skip"))
+        ... except ArgumentError as e:
+        ...     print(e)
+        on_mismatch must be one of 'error' or 'skip', got 'ignore'
+    """
+    if isinstance(value, str) and value in choices:
+        return value
+    what = choices if isinstance(choices, Mapping) else dict.fromkeys(choices, "")
+    shown = [f"{k!r} ({v})" if v else repr(k) for k, v in what.items()]
+    listing = ", ".join(shown[:-1]) + " or " + shown[-1] if len(shown) > 1 else shown[0]
+    raise ArgumentError(f"{name} must be one of {listing}, got {value!r}")

@@ -226,7 +226,7 @@ def test_bad_aliases_value() -> None:
         lambda: surgery.freeze(m, aliases=None),
         lambda: surgery.replace_head(m, 3, aliases="silent"),
     ):
-        with pytest.raises(ArgumentError, match="aliases must be 'warn'"):
+        with pytest.raises(ArgumentError, match="aliases must be one of 'warn'"):
             call()
     assert_unchanged(m, before)
 

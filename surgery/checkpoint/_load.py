@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from .._boundary import operation
+from .._boundary import check_choice, operation
 from .._errors import ArgumentError
 from ._auto import auto_rules, split_auto
 from ._casting import CASTING
@@ -51,12 +51,8 @@ def _check_args(
         raise ArgumentError("at= names a module of into=; pass into= too")
     if at is not None and not isinstance(at, str):
         raise ArgumentError(f"at must be a module path (str), got {type(at).__name__}")
-    if on_mismatch not in ("error", "skip"):
-        raise ArgumentError(f"on_mismatch must be 'error' or 'skip', got {on_mismatch!r}")
-    if casting not in CASTING:
-        raise ArgumentError(
-            f"casting must be one of {', '.join(map(repr, CASTING))}, got {casting!r}"
-        )
+    check_choice("on_mismatch", on_mismatch, ("error", "skip"))
+    check_choice("casting", casting, CASTING)
     for name, value in (
         ("strict", strict),
         ("dry_run", dry_run),
@@ -181,8 +177,7 @@ def load_partial(
         if not isinstance(mmap, bool):
             raise ArgumentError(f"mmap must be True or False, got {mmap!r}")
         auto, rename = split_auto(rename)
-        if on_ambiguous not in ("error", "skip"):
-            raise ArgumentError(f"on_ambiguous must be 'error' or 'skip', got {on_ambiguous!r}")
+        check_choice("on_ambiguous", on_ambiguous, ("error", "skip"))
         if auto and into is None:
             raise ArgumentError("rename='auto' matches keys against a model: pass into= too")
         return _load(

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
+from .._boundary import check_choice
 from .._errors import ArgumentError, SharedModuleWarning
 from ..paths._index import Location, ModuleIndex, on_chain
 from ..paths._resolve import CONTAINERS, LIST_LIKE, join_path
@@ -57,12 +58,14 @@ _SHARED = (
 
 def check_aliases(aliases: object) -> str:
     """Raise ArgumentError unless ``aliases`` is one of :data:`ALIAS_POLICIES`."""
-    if aliases not in ALIAS_POLICIES:
-        raise ArgumentError(
-            f"aliases must be 'warn' (edit the shared module object at every path, with a "
-            f"SharedModuleWarning) or 'error' (refuse), got {aliases!r}"
-        )
-    return str(aliases)
+    return check_choice(
+        "aliases",
+        aliases,
+        {
+            "warn": "edit the shared module object at every path, with a SharedModuleWarning",
+            "error": "refuse",
+        },
+    )
 
 
 def _subtree_ids(module: nn.Module) -> set[int]:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
+from .._boundary import check_choice
 from .._errors import ArgumentError
 from ..edit._engine import Planner
 from ..edit._plan import Setting
@@ -168,12 +169,16 @@ def frozen_twin(name: str, bn: Any) -> nn.Module:
 
 
 def check_bn(bn: Any) -> str:
-    if bn not in BN_POLICIES:
-        raise ArgumentError(
-            f"bn must be one of 'eval' (statistics fixed), 'train' (statistics keep "
-            f"updating) or 'frozen' (converted to a frozen batch norm), got {bn!r}"
-        )
-    return str(bn)
+    """Raise ArgumentError unless ``bn`` is one of :data:`BN_POLICIES`."""
+    return check_choice(
+        "bn",
+        bn,
+        {
+            "eval": "statistics fixed",
+            "train": "statistics keep updating",
+            "frozen": "converted to a frozen batch norm",
+        },
+    )
 
 
 def set_requires_grad(planner: Planner, name: str, p: nn.Parameter, value: bool) -> None:
