@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from .._boundary import operation
-from .._errors import ArgumentError
+from .._errors import ArgumentError, LayerNotFoundError
 from ..paths._resolve import check_model, resolve
-from ._discover import CONV, describe, first_conv
+from ._discover import CONV, declared_paths, describe, first_conv
 from ._engine import Planner, check_aliases, run_plan
 from ._head_layers import check_count
 from ._plan import EditPlan, Setting
+from ._probe import input_consumers
 
 __all__ = ["adapt_input"]
 
@@ -56,6 +57,50 @@ def _adapted_conv(conv: nn.Module, in_channels: int, path: str) -> nn.Module:
     new.in_channels = in_channels
     new.groups = 1
     return new
+
+
+_UNPROVEN = (
+    "cannot adapt {model}: {why}, so adapting its first convolution alone would not give a "
+    "model that takes {n}-channel input.\n  {listing}\n  adapt the layer(s) yourself if you "
+    "know they are the only ones that read the image: surgery.adapt_input(model, {n}, "
+    "path={path!r})"
+)
+
+
+def _input_convs(model: nn.Module, in_channels: int = 1) -> tuple[list[str], str]:
+    """The convolutions that read the input, proved by following it on a meta copy."""
+    if not any(isinstance(m, CONV) for m in model.modules()):
+        return first_conv(model)  # raises: no convolution at all
+    found = input_consumers(model)
+    name = type(model).__name__
+    convs = "convolutions reading the input: " + (", ".join(map(repr, found.convs)) or "none")
+    hint = found.convs[0] if found.convs else first_conv(model)[0][0]
+    if found.failed is not None:
+        raise LayerNotFoundError(
+            _UNPROVEN.format(
+                model=name,
+                why=f"its input's consumers cannot be traced: {found.failed}",
+                n=in_channels,
+                listing=convs,
+                path=hint,
+            )
+        )
+    if found.others or not found.convs:
+        others = ", ".join(found.others) or "nothing"
+        raise LayerNotFoundError(
+            _UNPROVEN.format(
+                model=name,
+                why=f"its input is also read by {others} (not a convolution; it expects the "
+                "original channels)",
+                n=in_channels,
+                listing=convs,
+                path=hint,
+            )
+        )
+    declared = [p for p in declared_paths(model, "first_conv") if p in found.convs]
+    if declared and len(declared) == len(found.convs):
+        return found.convs, "pretrained_cfg['first_conv'] (the input's only consumers, traced)"
+    return found.convs, "tracing the input's consumers on a meta copy"
 
 
 def adapt_input(
@@ -135,7 +180,7 @@ def adapt_input(
                 )
             paths, how = [target.name], "path="
         else:
-            paths, how = first_conv(model)
+            paths, how = _input_convs(model, in_channels)
         planner = Planner(model, "adapt_input")
         seen: set[int] = set()
         for p in paths:
