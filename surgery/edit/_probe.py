@@ -81,15 +81,19 @@ def _func_name(func: Any) -> str:
     return str(name)
 
 
+def _base(conv: nn.Module) -> type[nn.Module]:
+    return next(c for c in CONV if isinstance(conv, c))
+
+
 def _input_channels(model: nn.Module) -> tuple[type[nn.Module] | None, int]:
     for p in declared_paths(model, "first_conv"):
         if resolves(model, p):
             conv = model.get_submodule(p)
             if isinstance(conv, CONV):
-                return type(conv), conv.in_channels
+                return _base(conv), conv.in_channels
     for m in model.modules():
         if isinstance(m, CONV):
-            return type(m), m.in_channels
+            return _base(m), m.in_channels
         if isinstance(m, nn.Linear) and not isinstance(m, nn.LazyLinear):
             return nn.Linear, m.in_features
     return None, 0
@@ -116,8 +120,11 @@ def probe_inputs(model: nn.Module) -> list[torch.Tensor] | None:
     ):
         shape = (1, size[0] if declared is None else channels, *size[1:])
     else:
-        spatial = {nn.Conv1d: (1024,), nn.Conv2d: (224, 224), nn.Conv3d: (16, 112, 112)}
-        shape = (1, channels, *spatial.get(kind, (224, 224)))  # type: ignore[call-overload]
+        spatial: dict[type[nn.Module], tuple[int, ...]] = {
+            nn.Conv1d: (1024,),
+            nn.Conv3d: (16, 112, 112),
+        }
+        shape = (1, channels, *spatial.get(kind, (224, 224)))
     try:
         params = inspect.signature(model.forward).parameters.values()
         required = [
