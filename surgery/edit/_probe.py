@@ -42,7 +42,7 @@ _META = frozenset(
         "size",
         "dim",
         "numel",
-        "__len__",
+        "len",
         "stride",
         "is_contiguous",
         "is_floating_point",
@@ -61,15 +61,11 @@ _POINTWISE = frozenset(
         "neg",
         "clamp",
         "clip",
-        "__add__",
-        "__radd__",
-        "__sub__",
-        "__rsub__",
-        "__mul__",
-        "__rmul__",
-        "__truediv__",
-        "__rtruediv__",
-        "__neg__",
+        "radd",
+        "rsub",
+        "rmul",
+        "truediv",
+        "rtruediv",
     }
 )
 
@@ -78,7 +74,8 @@ def _func_name(func: Any) -> str:
     name = getattr(func, "__name__", str(func))
     if name == "__get__":  # a property such as Tensor.shape
         name = getattr(getattr(func, "__self__", None), "__name__", name)
-    return str(name)
+    name = str(name)
+    return name[2:-2] if name.startswith("__") and name.endswith("__") else name
 
 
 def _base(conv: nn.Module) -> type[nn.Module]:
