@@ -193,7 +193,10 @@ def replace_head(
     ``(N, in_features)``. For squeezenet (``Dropout -> Conv2d -> ReLU ->
     AdaptiveAvgPool2d`` then ``flatten``) it returns
     ``flatten(avgpool(relu(features(x))))``, i.e. the average-pooled final
-    features, ``(N, 512)``.
+    features, ``(N, 512)``. Where Identity at the heads gives a model that no
+    longer runs (checked by a forward on a meta copy), e.g. LRASPP, which adds
+    the outputs of two classifiers of different widths, there is no features
+    output and it refuses, saying why.
 
     Args:
         model: the model to change, in place.
@@ -207,8 +210,9 @@ def replace_head(
 
     Raises:
         ArgumentError: ``num_classes`` is not an int >= 0, ``path`` names a
-            layer that is not a Linear or convolution, or the new head cannot
-            be allocated.
+            layer that is not a Linear or convolution, the new head cannot
+            be allocated, or ``num_classes=0`` would leave a model that does
+            not run.
         PathNotFoundError: ``path`` names no module.
         LayerNotFoundError: no head, or an ambiguous one, was found; the message
             lists the candidates and shows the ``path=`` call.

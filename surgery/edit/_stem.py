@@ -113,11 +113,17 @@ def adapt_input(
 ) -> nn.Module | EditPlan:
     """Make ``model`` take ``in_channels`` input channels, in place, keeping its pretrained weights.
 
-    The first convolution (``path=``, else timm's ``pretrained_cfg["first_conv"]``,
-    else the first Conv1d/2d/3d that ``forward`` calls, found by tracing a meta
-    copy, else the first one in ``named_modules`` order; logged on the
-    ``"surgery"`` logger) is replaced by a copy with ``in_channels`` inputs and
-    the same stride, padding, dilation, bias, padding mode, device and dtype.
+    The convolutions to adapt are ``path=``, else every convolution that reads
+    the model's input directly, found by following the input through
+    ``forward`` on a meta copy (shape queries, a batch ``cat`` and arithmetic
+    with scalars pass; RAFT's ``feature_encoder`` and ``context_encoder`` are
+    both adapted). If anything else reads the input (a per-channel
+    normalisation, a reshape that assumes the channel count), or the probe
+    cannot run, it refuses naming those consumers and the ``path=`` call;
+    timm's ``pretrained_cfg["first_conv"]`` is reported when it is that
+    consumer. What was found is logged on the ``"surgery"`` logger. Each one
+    is replaced by a copy with ``in_channels`` inputs and the same stride,
+    padding, dilation, bias, padding mode, device and dtype.
     From the original weight ``W`` with ``C`` input channels, the new weight is:
 
     * ``in_channels <= C``: fold, ``W'[:, j] = sum(W[:, i] for i = j mod in_channels)``.
@@ -149,7 +155,9 @@ def adapt_input(
         ArgumentError: ``in_channels`` is not an int >= 1, ``path`` is not a
             convolution, or a grouped convolution cannot be adapted.
         PathNotFoundError: ``path`` names no module.
-        LayerNotFoundError: the model has no convolution.
+        LayerNotFoundError: the model has no convolution, or its input is read
+            by something other than convolutions (or cannot be followed); the
+            message names the consumers and the ``path=`` call.
 
     On any error the model is unchanged.
 
