@@ -653,7 +653,7 @@ def check_cut(spec: Spec, m: nn.Module, x: tuple[Any, ...]) -> str:
     if not nodes:
         raise NotApplicable("create_feature_extractor reaches no module path")
     chosen = spread(nodes, 8)
-    refused = []
+    refused, no_reference = [], []
     # One extractor per path: with several return nodes, an in-place op after one of them
     # (ReLU(inplace=True) after a BatchNorm) would overwrite the returned tensor.
     for p in chosen:
@@ -661,13 +661,25 @@ def check_cut(spec: Spec, m: nn.Module, x: tuple[Any, ...]) -> str:
             warnings.simplefilter("ignore")
             fe = create_feature_extractor(m, return_nodes={p: "out"})
         fe.eval()
-        want = run(fe, x)["out"]
+        try:
+            want = run(fe, x)["out"]
+        except Exception as e:  # the reference's own trace is wrong (hiera: mask=None)
+            want, why = None, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
         try:
             c = surgery.cut(m, p, copy=False)
         except surgery.SurgeryError as e:
             refused.append(f"{p!r}: {e}")
             continue
+        if want is None:
+            run(c, x)  # ours must at least run
+            no_reference.append(p)
+            continue
         assert_same(run(c, x), want, f"cut at {p!r} vs create_feature_extractor")
+    if no_reference and len(no_reference) == len(chosen):
+        raise NotApplicable(
+            f"create_feature_extractor's module fails to run ({why}); surgery.cut runs at "
+            f"{len(no_reference)} paths, with no reference to compare"
+        )
     if refused:
         raise surgery.SurgeryError(
             f"{len(refused)} of {len(chosen)} paths create_feature_extractor reaches are refused; "
