@@ -215,7 +215,7 @@ def test_alias_edits_every_location() -> None:
         surgery.delete(m, "a")
     assert list(m._modules) == ["b", "blocks", "again"]  # both locations removed
     with pytest.warns(SharedModuleWarning):
-        surgery.adapt_input(nn.Sequential(conv := nn.Conv2d(3, 2, 1), conv), 1)
+        surgery.adapt_input(nn.Sequential(conv := nn.Conv2d(3, 3, 1), conv), 1)
 
 
 def test_bad_aliases_value() -> None:

@@ -18,12 +18,14 @@ from torch import nn
 from .._boundary import operation
 from .._errors import ArgumentError
 from ..paths._resolve import check_model, resolve
+from ..trace._meta import meta_copy
 from ._declared import plan_timm_reset
 from ._discover import CONV, HEAD_TYPES, declared_paths, describe, resolves, traced_heads, where
 from ._engine import Planner, check_aliases, run_plan
 from ._head_layers import check_count
 from ._hf import hf_label_sync, plan_hf_head
 from ._plan import EditPlan, Setting
+from ._probe import meta_runs, probe_inputs
 
 __all__ = ["replace_head"]
 
@@ -116,6 +118,48 @@ def _explicit_heads(model: nn.Module, paths: list[str]) -> list[tuple[str, nn.Mo
     return out
 
 
+_NO_FEATURES = (
+    "cannot remove the head{s} {listing} of {model} (num_classes=0): with Identity there the "
+    "model no longer runs ({error}); what the head{s} received is combined with other values "
+    "after {them}, so there is no lossless features output.\n  re-head it instead: "
+    "surgery.replace_head(model, n) with n >= 1, or take the features with surgery.cut(model, "
+    "'...') at the layer you need"
+)
+
+
+def _check_removable(
+    model: nn.Module, planner: Planner, heads: dict[int, tuple[str, nn.Module]]
+) -> None:
+    """Refuse ``num_classes=0`` when Identity at every head gives a model that does not run.
+
+    Checked on a meta copy (the original must run there on a probe input; if it
+    cannot, nothing is proved and nothing is refused).
+    """
+    inputs = probe_inputs(model)
+    if inputs is None or not heads:
+        return
+    clone = meta_copy(model).eval()
+    if meta_runs(clone, inputs) is not None:
+        return
+    for _, old in heads.values():
+        for p in planner.paths_of(old):
+            clone.set_submodule(p, nn.Identity())
+    error = meta_runs(clone, inputs)
+    if error is None:
+        return
+    names = [n for n, _ in heads.values()]
+    raise ArgumentError(
+        _NO_FEATURES.format(
+            s="s" if len(names) > 1 else "",
+            listing=", ".join(map(repr, names)),
+            model=type(model).__name__,
+            error=error,
+            them="them" if len(names) > 1 else "it",
+        ),
+        path=names[0],
+    )
+
+
 def replace_head(
     model: nn.Module,
     num_classes: int,
@@ -151,7 +195,10 @@ def replace_head(
     ``(N, in_features)``. For squeezenet (``Dropout -> Conv2d -> ReLU ->
     AdaptiveAvgPool2d`` then ``flatten``) it returns
     ``flatten(avgpool(relu(features(x))))``, i.e. the average-pooled final
-    features, ``(N, 512)``.
+    features, ``(N, 512)``. Where Identity at the heads gives a model that no
+    longer runs (checked by a forward on a meta copy), e.g. LRASPP, which adds
+    the outputs of two classifiers of different widths, there is no features
+    output and it refuses, saying why.
 
     A Hugging Face ``transformers.PreTrainedModel`` uses the heads it declares
     (nothing is traced): its LM head is ``get_output_embeddings()`` (a tied head
@@ -179,8 +226,9 @@ def replace_head(
 
     Raises:
         ArgumentError: ``num_classes`` is not an int >= 0, ``path`` names a
-            layer that is not a Linear or convolution, or the new head cannot
-            be allocated.
+            layer that is not a Linear or convolution, the new head cannot
+            be allocated, or ``num_classes=0`` would leave a model that does
+            not run.
         PathNotFoundError: ``path`` names no module.
         LayerNotFoundError: no head, or an ambiguous one, was found; the message
             lists the candidates and shows the ``path=`` call.
@@ -236,6 +284,8 @@ def replace_head(
         heads: dict[int, tuple[str, nn.Module]] = {}
         for name, old in _explicit_heads(model, paths):
             heads.setdefault(id(old), (name, old))  # one object: one edit (at all its paths)
+        if num_classes == 0:
+            _check_removable(model, planner, heads)
         # every new module is built (and checked) before anything changes
         for name, old in heads.values():
             planner.replace(old, _new_head(old, num_classes, name), path=name)

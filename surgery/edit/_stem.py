@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from .._boundary import operation
-from .._errors import ArgumentError
+from .._errors import ArgumentError, LayerNotFoundError
 from ..paths._resolve import check_model, resolve
-from ._discover import CONV, describe, first_conv
+from ._discover import CONV, declared_paths, describe, first_conv
 from ._engine import Planner, check_aliases, run_plan
 from ._head_layers import check_count
 from ._plan import EditPlan, Setting
+from ._probe import input_consumers
 
 __all__ = ["adapt_input"]
 
@@ -58,6 +59,50 @@ def _adapted_conv(conv: nn.Module, in_channels: int, path: str) -> nn.Module:
     return new
 
 
+_UNPROVEN = (
+    "cannot adapt {model}: {why}, so adapting its first convolution alone would not give a "
+    "model that takes {n}-channel input.\n  {listing}\n  adapt the layer(s) yourself if you "
+    "know they are the only ones that read the image: surgery.adapt_input(model, {n}, "
+    "path={path!r})"
+)
+
+
+def _input_convs(model: nn.Module, in_channels: int = 1) -> tuple[list[str], str]:
+    """The convolutions that read the input, proved by following it on a meta copy."""
+    if not any(isinstance(m, CONV) for m in model.modules()):
+        return first_conv(model)  # raises: no convolution at all
+    found = input_consumers(model)
+    name = type(model).__name__
+    convs = "convolutions reading the input: " + (", ".join(map(repr, found.convs)) or "none")
+    hint = found.convs[0] if found.convs else first_conv(model)[0][0]
+    if found.failed is not None:
+        raise LayerNotFoundError(
+            _UNPROVEN.format(
+                model=name,
+                why=f"its input's consumers cannot be traced: {found.failed}",
+                n=in_channels,
+                listing=convs,
+                path=hint,
+            )
+        )
+    if found.others or not found.convs:
+        others = ", ".join(found.others) or "nothing"
+        raise LayerNotFoundError(
+            _UNPROVEN.format(
+                model=name,
+                why=f"its input is also read by {others} (not a convolution; it expects the "
+                "original channels)",
+                n=in_channels,
+                listing=convs,
+                path=hint,
+            )
+        )
+    declared = [p for p in declared_paths(model, "first_conv") if p in found.convs]
+    if declared and len(declared) == len(found.convs):
+        return found.convs, "pretrained_cfg['first_conv'] (the input's only consumers, traced)"
+    return found.convs, "tracing the input's consumers on a meta copy"
+
+
 def adapt_input(
     model: nn.Module,
     in_channels: int,
@@ -68,11 +113,17 @@ def adapt_input(
 ) -> nn.Module | EditPlan:
     """Make ``model`` take ``in_channels`` input channels, in place, keeping its pretrained weights.
 
-    The first convolution (``path=``, else timm's ``pretrained_cfg["first_conv"]``,
-    else the first Conv1d/2d/3d that ``forward`` calls, found by tracing a meta
-    copy, else the first one in ``named_modules`` order; logged on the
-    ``"surgery"`` logger) is replaced by a copy with ``in_channels`` inputs and
-    the same stride, padding, dilation, bias, padding mode, device and dtype.
+    The convolutions to adapt are ``path=``, else every convolution that reads
+    the model's input directly, found by following the input through
+    ``forward`` on a meta copy (shape queries, a batch ``cat`` and arithmetic
+    with scalars pass; RAFT's ``feature_encoder`` and ``context_encoder`` are
+    both adapted). If anything else reads the input (a per-channel
+    normalisation, a reshape that assumes the channel count), or the probe
+    cannot run, it refuses naming those consumers and the ``path=`` call;
+    timm's ``pretrained_cfg["first_conv"]`` is reported when it is that
+    consumer. What was found is logged on the ``"surgery"`` logger. Each one
+    is replaced by a copy with ``in_channels`` inputs and the same stride,
+    padding, dilation, bias, padding mode, device and dtype.
     From the original weight ``W`` with ``C`` input channels, the new weight is:
 
     * ``in_channels <= C``: fold, ``W'[:, j] = sum(W[:, i] for i = j mod in_channels)``.
@@ -104,7 +155,9 @@ def adapt_input(
         ArgumentError: ``in_channels`` is not an int >= 1, ``path`` is not a
             convolution, or a grouped convolution cannot be adapted.
         PathNotFoundError: ``path`` names no module.
-        LayerNotFoundError: the model has no convolution.
+        LayerNotFoundError: the model has no convolution, or its input is read
+            by something other than convolutions (or cannot be followed); the
+            message names the consumers and the ``path=`` call.
 
     On any error the model is unchanged.
 
@@ -135,7 +188,7 @@ def adapt_input(
                 )
             paths, how = [target.name], "path="
         else:
-            paths, how = first_conv(model)
+            paths, how = _input_convs(model, in_channels)
         planner = Planner(model, "adapt_input")
         seen: set[int] = set()
         for p in paths:
