@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from ._errors import ArgumentError, SurgeryError
 
-__all__ = ["check_choice", "operation", "user_call"]
+__all__ = ["building", "check_choice", "operation", "user_call"]
 
 _T = TypeVar("_T")
 
@@ -107,3 +107,30 @@ def check_choice(name: str, value: object, choices: Mapping[str, str] | Sequence
     shown = [f"{k!r} ({v})" if v else repr(k) for k, v in what.items()]
     listing = ", ".join(shown[:-1]) + " or " + shown[-1] if len(shown) > 1 else shown[0]
     raise ArgumentError(f"{name} must be one of {listing}, got {value!r}")
+
+
+@contextlib.contextmanager
+def building(
+    what: str, *, error: type[SurgeryError] = ArgumentError, hint: str = "", **fields: Any
+) -> Iterator[None]:
+    """Map an allocation or placement failure inside the block to ``error``.
+
+    Building new modules (a head for ``10**12`` classes, a factory's module moved
+    to the old one's device) raises ``RuntimeError``/``MemoryError`` from torch's
+    allocator; before anything is installed, that is bad input, reported as
+    ``"cannot {what}: ..."`` with the original as ``__cause__``.
+
+    Example:
+        >>> import torch
+        >>> try:
+        ...     with building("build the new head 'fc'", path="fc"):
+        ...         torch.empty(-1)
+        ... except SurgeryError as e:
+        ...     print(type(e).__name__, e.path, type(e.__cause__).__name__)
+        ArgumentError fc RuntimeError
+    """
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise error(f"cannot {what}: {type(e).__name__}: {detail}{hint}", **fields) from e

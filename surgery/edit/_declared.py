@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._errors import ArgumentError
+from .._boundary import building
 from ..paths._resolve import join_path
 from ._discover import has_tensors, where
 from ._engine import Planner
@@ -182,7 +182,10 @@ def plan_timm_reset(
             ref = old if isinstance(old, nn.Module) and has_tensors(old) else model
             device, dtype = where(ref) if has_tensors(ref) else fallback
             try:
-                new = _rebuild(new, originals, device, dtype)
+                with building(
+                    f"build the new head {path!r} for num_classes={num_classes}", path=path
+                ):
+                    new = _rebuild(new, originals, device, dtype)
             except _CannotRebuild as e:
                 _log.warning(
                     "replace_head(%s): cannot rebuild %r from its reset_classifier (%s); "
@@ -192,12 +195,6 @@ def plan_timm_reset(
                     e,
                 )
                 return False
-            except (RuntimeError, MemoryError) as e:
-                raise ArgumentError(
-                    f"cannot build the new head {path!r} for num_classes={num_classes}: "
-                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                    path=path,
-                ) from e
         built.append((path, parent, key, old, None if new is _MISSING else new))
     done: set[int] = set()
     for path, parent, key, old, new in built:

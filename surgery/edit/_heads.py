@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from .._boundary import operation
+from .._boundary import building, operation
 from .._errors import ArgumentError
 from ..paths._resolve import check_model, resolve
 from ..trace._meta import meta_copy
@@ -44,15 +44,12 @@ def _paths_arg(path: object) -> list[str] | None:
 
 def _new_head(old: nn.Module, num_classes: int, path: str) -> nn.Module:
     """A fresh head for ``old``; an allocation failure names the head (model unchanged)."""
-    try:
+    with building(
+        f"build the new head {path!r} ({describe(old)} -> {num_classes} outputs)",
+        hint=".\n  use a smaller num_classes, or build the model on the meta device first",
+        path=path,
+    ):
         return _build_head(old, num_classes, path)
-    except (RuntimeError, MemoryError) as e:
-        raise ArgumentError(
-            f"cannot build the new head {path!r} ({describe(old)} -> {num_classes} outputs): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}.\n  use a smaller "
-            f"num_classes, or build the model on the meta device first",
-            path=path,
-        ) from e
 
 
 def _build_head(old: nn.Module, num_classes: int, path: str) -> nn.Module:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._boundary import operation, user_call
+from .._boundary import building, operation, user_call
 from .._errors import ArgumentError, SurgeryError
 from ..paths._grammar import Slice, compile_pattern, parse_path
 from ..paths._index import ModuleIndex, on_chain
@@ -284,14 +284,12 @@ def swap(
                     f"model contain itself (a cycle)",
                     path=path,
                 )
-            try:
+            with building(
+                f"move the factory's module for {path!r} to the old module's device or dtype",
+                error=SurgeryError,
+                path=path,
+            ):
                 _place(new, module, in_model, keep_dtype)
-            except (RuntimeError, MemoryError) as e:
-                raise SurgeryError(
-                    f"cannot move the factory's module for {path!r} to the old module's device "
-                    f"or dtype: {type(e).__name__}: {e}",
-                    path=path,
-                ) from e
             edit = planner.replace(module, new, path=path)
             report.swapped[path] = (type(module).__name__, type(new).__name__)
             if edit.aliases:
