@@ -220,7 +220,7 @@ def test_fsdp2_freeze_param_groups_and_load_partial(tmp_path: Path) -> None:
         assert r["bytes_read"] < 0.6 * r["bytes_selected"]
         assert "shape mismatch" in r["error"], r["error"]
         assert r["meta_error"].startswith(
-            "12 DTensor parameter(s) of FSDPNet are on the meta device"
+            "load_partial(FSDPNet): 12 DTensor parameter(s) of FSDPNet are on the meta device"
         )
         # each rank holds half of every dim-0-sharded parameter
         assert r["local_shapes"]["head.weight"] == [3, 32]
