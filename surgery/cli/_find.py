@@ -15,7 +15,7 @@ from typing import Any
 from .._boundary import operation
 from ..paths._resolve import select
 from ..trace._summary import count_parameters
-from ._spec import SPEC_FORMS, load_model_spec, parse_kwargs
+from ._spec import SPEC_FORMS, add_kwargs_option, load_model_spec, parse_kwargs
 
 __all__ = ["register", "run_find"]
 
@@ -40,12 +40,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="T",
         help="keep only modules whose class (or a base class) has one of these names",
     )
-    p.add_argument(
-        "--kwargs",
-        default=None,
-        metavar="JSON",
-        help="keyword arguments for the model's builder as JSON, e.g. '{\"num_classes\": 10}'",
-    )
+    add_kwargs_option(p)
     p.add_argument("--json", action="store_true", help="print the matches as JSON")
     p.set_defaults(run=run_find)
     return p

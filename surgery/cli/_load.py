@@ -24,11 +24,9 @@ from ..checkpoint import CASTING, TensorInfo, open_source
 from ..checkpoint._load import load_partial
 from ..checkpoint._save import save_state_dict
 from ._render import count, dtype_name, size_text
-from ._spec import SPEC_FORMS, checkpoint_infos, load_model_spec, parse_kwargs
+from ._spec import SPEC_FORMS, add_kwargs_option, checkpoint_infos, load_model_spec, parse_kwargs
 
 __all__ = ["diff_infos", "register"]
-
-KWARGS_HELP = "keyword arguments for the model's builder as JSON, e.g. '{\"num_classes\": 10}'"
 
 
 # -- plan ------------------------------------------------------------------------
@@ -57,7 +55,7 @@ def _configure_plan(p: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help=f"the model to load into: a model spec ({SPEC_FORMS}), not a checkpoint",
     )
-    p.add_argument("--kwargs", default=None, metavar="JSON", help=KWARGS_HELP)
+    add_kwargs_option(p)
     p.add_argument("--at", default=None, help="module path in the model the keys are relative to")
     p.add_argument(
         "--rename",

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from ..checkpoint._match import match_keys
-from ._spec import SPEC_FORMS, load_model_spec, parse_kwargs
+from ._spec import SPEC_FORMS, add_kwargs_option, load_model_spec, parse_kwargs
 
 __all__ = ["register"]
 
@@ -28,12 +28,7 @@ def register(subcommands: Any) -> None:
     )
     p.add_argument("ckpt", metavar="CKPT", help="checkpoint file, sharded index or directory")
     p.add_argument("--into", required=True, metavar="MODEL", help=f"the model: {SPEC_FORMS}")
-    p.add_argument(
-        "--kwargs",
-        default=None,
-        metavar="JSON",
-        help="keyword arguments for the model's builder as JSON, e.g. '{\"num_classes\": 10}'",
-    )
+    add_kwargs_option(p)
     p.add_argument("--at", default=None, help="module path in the model the keys are relative to")
     p.add_argument("--include", action="append", metavar="P", help="pattern to select (repeatable)")
     p.add_argument("--exclude", action="append", metavar="P", help="pattern to drop (repeatable)")

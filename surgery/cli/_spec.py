@@ -50,6 +50,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def add_kwargs_option(parser: Any, flag: str = "--kwargs", what: str = "the model's") -> None:
+    """Add the JSON ``--kwargs`` option (read with :func:`parse_kwargs`) to a subcommand."""
+    parser.add_argument(
+        flag,
+        default=None,
+        metavar="JSON",
+        help=f"keyword arguments for {what} builder as JSON, e.g. '{{\"num_classes\": 10}}'",
+    )
+
+
 def parse_kwargs(text: str | None, option: str = "--kwargs") -> dict[str, Any]:
     """``--kwargs`` JSON (``'{"num_classes": 10}'``) -> a dict of keyword arguments.
 

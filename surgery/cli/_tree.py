@@ -11,7 +11,14 @@ from .._errors import ArgumentError
 from ..checkpoint import TensorInfo
 from ..trace._tree import tree
 from ._render import count, dtype_name, size_text
-from ._spec import SPEC_FORMS, checkpoint_infos, load_model_spec, parse_kwargs, parse_shape
+from ._spec import (
+    SPEC_FORMS,
+    add_kwargs_option,
+    checkpoint_infos,
+    load_model_spec,
+    parse_kwargs,
+    parse_shape,
+)
 
 __all__ = ["format_checkpoint_tree", "register"]
 
@@ -112,12 +119,7 @@ def register(subcommands: Any) -> None:
         metavar="SHAPE",
         help="input size such as 1,3,224,224 (adds shapes)",
     )
-    p.add_argument(
-        "--kwargs",
-        default=None,
-        metavar="JSON",
-        help="keyword arguments for the model's builder as JSON, e.g. '{\"num_classes\": 10}'",
-    )
+    add_kwargs_option(p)
     p.add_argument(
         "--key", default=None, help="a checkpoint's wrapper entry holding the state dict ('model')"
     )
