@@ -16,7 +16,8 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 import surgery
 from surgery.testing import cut_points
-from surgery.trace._cut import split_points, trace
+from surgery.trace._fx import trace
+from surgery.trace._points import split_points
 
 # --------------------------------------------------------------------------- zoo
 # Real torchvision classes; the larger families in small configurations (the

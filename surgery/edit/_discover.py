@@ -26,6 +26,7 @@ from torch import nn
 
 from .._errors import LayerNotFoundError, PathError, SurgeryError
 from ..paths._resolve import resolve
+from ..trace._fx import trace
 from ..trace._meta import meta_copy
 
 __all__ = [
@@ -98,8 +99,6 @@ def resolves(model: nn.Module, path: str) -> bool:
 
 def _trace_meta(model: nn.Module, *, training: bool) -> fx.Graph:
     """The fx graph of a meta copy of ``model`` in the given mode (the model is untouched)."""
-    from ..trace._cut import trace  # local import: _cut is the bigger module
-
     clone = meta_copy(model)
     clone.train(training)
     return trace(clone).graph

@@ -36,15 +36,13 @@ from .._boundary import operation
 from .._errors import ArgumentError, PathNotFoundError, SurgeryError
 from ..paths._grammar import Path, parse_path
 from ..paths._resolve import check_model
-from ._fx import Traced, fetch, leaves_of, signature_of, trace, trace_model
-from ._points import cut_structure, resolve_stage, split_points
+from ._fx import Traced, fetch, leaves_of, signature_of, trace_model
+from ._points import cut_structure, resolve_stage
 
 __all__ = [
     "copy_objects",
     "cut",
     "split",
-    "split_points",  # re-exported: defined in _points
-    "trace",  # re-exported: defined in _fx (edit/_heads imports it from here)
     "with_prefix",
 ]
 
