@@ -1247,6 +1247,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--ops", default=",".join(OPERATIONS), help="operations, comma-separated")
     ap.add_argument("--ci", action="store_true", help="the fixed CI sample (CI_MODELS)")
+    ap.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run every N-th model starting at I (0-based), to run N processes side by side "
+        "and --merge their results",
+    )
     ap.add_argument("--timeout", type=float, default=MODEL_TIMEOUT_S, help="per-model seconds")
     ap.add_argument(
         "--allow-fail", default="", help="MODEL:OP,... failures that do not fail the run"
@@ -1305,6 +1312,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_torchvision:
         # smallest first, so that a budget leaves out the most expensive models
         specs += sorted(torchvision_specs(tv_names, log), key=lambda s: s.params)
+    if args.shard:
+        try:
+            shard, shards = (int(v) for v in args.shard.split("/"))
+        except ValueError:
+            ap.error(f"--shard takes I/N, got {args.shard!r}")
+        if not 0 <= shard < shards:
+            ap.error(f"--shard {args.shard}: I must be in [0, N)")
+        specs = specs[shard::shards]
     selection_s = time.perf_counter() - t_start
     log(f"{len(specs)} models; selection took {time.perf_counter() - t_start:.0f}s")
 
