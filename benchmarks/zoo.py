@@ -616,14 +616,16 @@ def check_find(spec: Spec, m: nn.Module, x: tuple[Any, ...]) -> str:
 
 
 def check_split(spec: Spec, m: nn.Module, x: tuple[Any, ...]) -> str:
-    points = split_points(m)
+    # a Hugging Face model is traced by torch.export, on the example a user passes
+    example = {"example_inputs": x} if spec.source == "hf" else {}
+    points = split_points(m, **example)
     if not points:
         raise NotApplicable("no split point")
     chosen = spread(points, 8)
     expected = run(m, x)
     for p in chosen:
         try:
-            head, tail = surgery.split(m, p, copy=False)
+            head, tail = surgery.split(m, p, copy=False, **example)
             with torch.no_grad():
                 actual = tail(head(*clone_inputs(x)))
         except surgery.SurgeryError as e:
@@ -692,10 +694,25 @@ def _sd_shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in m.state_dict().items()}
 
 
+def _lm_head(m: nn.Module) -> bool:
+    get = getattr(m, "get_output_embeddings", None)
+    return callable(get) and get() is not None
+
+
 def _check_head(spec: Spec, m: nn.Module, x: tuple[Any, ...], n: int) -> str:
     ours = copy.deepcopy(m)
     surgery.replace_head(ours, n)
     ours.eval()
+    if spec.source == "hf" and _lm_head(m):
+        # an LM head's classes are the vocabulary: n=7 leaves tokens 0..6, n=0 gives
+        # the hidden state of every token
+        ids = x[0] % n if n else x[0]
+        a = first_tensor(run(ours, (ids, *x[1:])))
+        if n and tuple(a.shape) != (*ids.shape, n):
+            raise Mismatch(f"logits of shape {tuple(a.shape)}, expected {(*ids.shape, n)}")
+        if n == 0 and (a.ndim != 3 or tuple(a.shape[:2]) != tuple(ids.shape)):
+            raise Mismatch(f"features of shape {tuple(a.shape)}, expected (batch, tokens, F)")
+        return f"output {tuple(a.shape)} (an LM head: {'tokens' if n else 'per token'})"
     out = run(ours, x)
     if hasattr(m, "reset_classifier"):
         ref = copy.deepcopy(m)
@@ -785,7 +802,15 @@ def batch_of_two(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _top_children_with_params(m: nn.Module) -> list[str]:
-    return [n for n, c in m.named_children() if any(True for _ in c.parameters())]
+    """Top-level children with parameters of their own (a tied LM head has none)."""
+    seen: set[int] = set()
+    out = []
+    for n, c in m.named_children():
+        own = [p for p in c.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in c.parameters())
+        if own:
+            out.append(n)
+    return out
 
 
 def _loss(out: Any) -> torch.Tensor:

@@ -8,12 +8,15 @@ the algorithm; in short:
 1. **names**: a checkpoint key equal to a model key (after the caller's renames)
    is that key; different shapes make it a mismatch.
 2. **order**: the remaining tensors of both sides are aligned as two sequences of
-   *tokens* (shape + dtype kind) in registration order, with a diff
+   *tokens* (shape without size-1 dimensions + dtype kind, so that a ``(96, 1, 1)``
+   layer scale meets a ``(96,)`` one and a 1x1 convolution a ``nn.Linear``; see
+   :mod:`surgery.checkpoint._reshape`) in registration order, with a diff
    (:class:`difflib.SequenceMatcher`, no junk heuristic). Two identical token
    sequences align one to one (the only full alignment).
-3. **unique shapes**: a tensor whose shape and kind occur exactly once among all
-   checkpoint tensors and once among all model tensors is matched even when its
-   position moved (a ``pos_embed`` registered elsewhere).
+3. **unique shapes**: a tensor whose token (or exact shape) and kind occur exactly
+   once among all checkpoint tensors and once among all model tensors is matched
+   even when its position moved (a ``pos_embed`` registered elsewhere; a
+   ``(1, 1, 768)`` class token, unique as stored although ``(768,)`` is not).
 4. **ambiguity**: an aligned pair is only kept when no other alignment of the
    same size exists locally: a free tensor (unaligned, or aligned ambiguously)
    with the same token that could take the pair's place without crossing another
@@ -29,9 +32,14 @@ the algorithm; in short:
    first on one side and last on the other).
 6. **mismatches**: in a region the diff could not align, leftovers of equal
    number that agree pairwise in kind, and in rank and leaf name or in size, are
-   reported as mismatched (a 1000- against a 10-class head; a ``(96, 1, 1)``
-   layer scale against a ``(96,)`` one), never matched; with different numbers,
-   the leading leftovers of the region whose ranks and leaf names agree.
+   reported as mismatched (a 1000- against a 10-class head), never matched, except
+   a matrix ``(out, c*kh*kw)`` against a kernel ``(out, c, kh, kw)`` paired in such a
+   region (VGG's classifier as ``nn.Linear`` or as a 7x7 convolution), which is
+   matched and loaded reshaped; with different numbers, the leading leftovers of
+   the region whose ranks and leaf names agree.
+
+Name matches (step 1) accept the same reshapes (a layer scale stored as
+``(C, 1, 1)`` under the model's own name).
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from ._reshape import reshape_kind, squeezed
 from ._slides import run_slides, slides
 
 __all__ = ["Alignment", "Entry", "align"]
@@ -56,6 +65,12 @@ class Entry(NamedTuple):
 
     @property
     def token(self) -> tuple[tuple[int, ...], int]:
+        """What alignment compares: the shape without size-1 dimensions, and the kind."""
+        return (squeezed(self.shape), self.kind)
+
+    @property
+    def exact(self) -> tuple[tuple[int, ...], int]:
+        """The shape as stored, and the kind."""
         return (self.shape, self.kind)
 
     @property
@@ -82,6 +97,31 @@ class Alignment:
     ambiguous: list[tuple[list[int], list[int]]] = field(default_factory=list)
 
 
+class _Counts:
+    """How often each token, and each exact shape, occurs on each side (step 3)."""
+
+    def __init__(self, ckpt: list[Entry], model: list[Entry]) -> None:
+        self.tok_c = Counter(e.token for e in ckpt)
+        self.tok_m = Counter(e.token for e in model)
+        self.exact_c = Counter(e.exact for e in ckpt)
+        self.exact_m = Counter(e.exact for e in model)
+
+    def diff_token(self, e: Entry) -> tuple[tuple[int, ...], int]:
+        """The token aligned by the diff: the exact shape where it is unique on both
+        sides (a ``(1, 1, 768)`` class token is not one of the ``(768,)`` biases)."""
+        if self.exact_c[e.exact] == 1 and self.exact_m[e.exact] == 1:
+            return ((*e.shape, -1), e.kind)  # never equal to a squeezed token
+        return e.token
+
+    def unique_pair(self, c: Entry, m: Entry) -> bool:
+        """``c`` and ``m`` are the only tensors of their token, or of their exact shape."""
+        if c.token != m.token:
+            return False
+        if self.tok_c[c.token] == 1 and self.tok_m[m.token] == 1:
+            return True
+        return c.exact == m.exact and self.exact_c[c.exact] == 1 and self.exact_m[m.exact] == 1
+
+
 def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
     """Match ``model`` entries to ``ckpt`` entries (see the module docstring)."""
     out = Alignment()
@@ -92,7 +132,9 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
         if i is None:
             continue
         used_c.add(i)
-        if ckpt[i].shape == e.shape:
+        if ckpt[i].shape == e.shape or (
+            ckpt[i].kind == e.kind and reshape_kind(ckpt[i].shape, e.shape)
+        ):
             out.matched[j] = (i, "name")
         else:
             out.mismatched[j] = i
@@ -100,13 +142,12 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
     rm = [j for j in range(len(model)) if j not in out.matched and j not in out.mismatched]
     if not rc or not rm:
         return out
+    counts = _Counts(ckpt, model)
     ids: dict[tuple[tuple[int, ...], int], int] = {}
-    tokens_c = [(e.shape, e.kind) for e in ckpt]
-    tokens_m = [(e.shape, e.kind) for e in model]
+    tokens_c = [counts.diff_token(e) for e in ckpt]
+    tokens_m = [counts.diff_token(e) for e in model]
     tok_c = {i: ids.setdefault(tokens_c[i], len(ids)) for i in rc}
     tok_m = {j: ids.setdefault(tokens_m[j], len(ids)) for j in rm}
-    count_c = Counter(tokens_c)
-    count_m = Counter(tokens_m)
     # rounds: each aligns what the previous ones left (crossing them is allowed: a
     # shortcut registered first on one side and last on the other)
     certain: dict[int, int] = {}  # model index -> checkpoint index
@@ -121,7 +162,7 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
             left, regions = [], []
         else:
             new, left, regions = _structure_round(
-                ckpt, model, pend_c, pend_m, tc, tm, count_c, count_m, out, certain
+                ckpt, model, pend_c, pend_m, tc, tm, counts, out, certain
             )
         if round_:  # crossing earlier rounds: only unambiguous rounds, whole modules only
             new = {} if left else _whole_modules(ckpt, model, new, certain)
@@ -135,7 +176,7 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
         if not pend_c or not pend_m:
             break
     if not (round_ == 0 and not left and not regions):  # not the one full alignment
-        left.extend(_split_modules(ckpt, model, rc, rm, certain, left, count_c, count_m))
+        left.extend(_split_modules(ckpt, model, rc, rm, certain, left, counts))
     for j, i in certain.items():
         out.matched[j] = (i, "structure")
     out.ambiguous.extend(left)
@@ -149,7 +190,10 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
         if la and len(la) == len(lb):
             if all(_counterparts(ckpt[i], model[j]) for i, j in zip(la, lb)):
                 for i, j in zip(la, lb):
-                    out.mismatched[j] = i
+                    if reshape_kind(ckpt[i].shape, model[j].shape) == "flatten":
+                        out.matched[j] = (i, "structure")  # a matrix against its kernel
+                    else:
+                        out.mismatched[j] = i
             continue
         # different numbers: the leading leftovers that play the same role (rank, leaf name)
         for i, j in zip(la, lb):
@@ -167,8 +211,7 @@ def _split_modules(
     rm: list[int],
     certain: dict[int, int],
     left: list[tuple[list[int], list[int]]],
-    count_c: Counter[tuple[tuple[int, ...], int]],
-    count_m: Counter[tuple[tuple[int, ...], int]],
+    counts: _Counts,
 ) -> list[tuple[list[int], list[int]]]:
     """Demote structural pairs that split a module (removed from ``certain``, in place).
 
@@ -183,11 +226,7 @@ def _split_modules(
     in_left_c = {i for _, cs in left for i in cs}
     in_left_m = {j for ms, _ in left for j in ms}
     while True:
-        ordered = {
-            j: i
-            for j, i in certain.items()
-            if not (count_c[ckpt[i].token] == 1 and count_m[model[j].token] == 1)
-        }
+        ordered = {j: i for j, i in certain.items() if not counts.unique_pair(ckpt[i], model[j])}
         m_to_c: dict[str, set[str]] = {}
         c_to_m: dict[str, set[str]] = {}
         for j, i in ordered.items():
@@ -229,8 +268,7 @@ def _structure_round(
     rm: list[int],
     tc: list[int],
     tm: list[int],
-    count_c: Counter[tuple[tuple[int, ...], int]],
-    count_m: Counter[tuple[tuple[int, ...], int]],
+    counts: _Counts,
     out: Alignment,
     earlier: dict[int, int],
 ) -> tuple[dict[int, int], list[tuple[list[int], list[int]]], list[tuple[list[int], list[int]]]]:
@@ -255,17 +293,21 @@ def _structure_round(
     # 3. unique shapes anywhere in both sides
     taken_c = set(pairs.values())
     free_tok = {ckpt[rc[p]].token: p for p in range(len(rc)) if p not in taken_c}
+    free_exact = {ckpt[rc[p]].exact: p for p in range(len(rc)) if p not in taken_c}
     for q in range(len(rm)):
         if q in pairs:
             continue
-        t = model[rm[q]].token
-        if count_c[t] == 1 and count_m[t] == 1 and t in free_tok:
-            pairs[q] = free_tok.pop(t)
-    unique = {
-        q
-        for q, p in pairs.items()
-        if count_c[ckpt[rc[p]].token] == 1 and count_m[model[rm[q]].token] == 1
-    }
+        me = model[rm[q]]
+        p_tok, p_exact = free_tok.get(me.token), free_exact.get(me.exact)
+        if p_tok is not None and counts.unique_pair(ckpt[rc[p_tok]], me):
+            pairs[q] = p_tok
+        elif p_exact is not None and counts.unique_pair(ckpt[rc[p_exact]], me):
+            pairs[q] = p_exact
+        else:
+            continue
+        free_tok.pop(ckpt[rc[pairs[q]]].token, None)
+        free_exact.pop(ckpt[rc[pairs[q]]].exact, None)
+    unique = {q for q, p in pairs.items() if counts.unique_pair(ckpt[rc[p]], model[rm[q]])}
 
     # 4. ambiguity: whole runs that fit elsewhere, then free elements that slide
     groups = run_slides(tc, tm, runs, pairs)

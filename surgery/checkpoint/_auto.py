@@ -138,7 +138,7 @@ def auto_rules(
             "rest, exclude= the extra keys, or add explicit rules first: "
             f"rename=['auto', {{...}}]:{shown}"
         )
-    if km.mismatched and on_mismatch == "error":
+    if km.mismatched and on_mismatch in ("error", "reshape"):
         raise LoadError(_divergence(km, into, src))
     target = resolve(into, at or "")
     prefix = target.container_name if target.is_slice else target.name

@@ -31,6 +31,7 @@ from ._open import open_source
 from ._plan import build_plan, select_keys
 from ._rename import KeyFilter, RenameRules, RenameSpec
 from ._report import StateDictView
+from ._reshape import ReshapedSource
 
 __all__ = ["load_partial", "open_checkpoint"]
 
@@ -51,7 +52,7 @@ def _check_args(
         raise ArgumentError("at= names a module of into=; pass into= too")
     if at is not None and not isinstance(at, str):
         raise ArgumentError(f"at must be a module path (str), got {type(at).__name__}")
-    check_choice("on_mismatch", on_mismatch, ("error", "skip"))
+    check_choice("on_mismatch", on_mismatch, ("error", "skip", "reshape"))
     check_choice("casting", casting, CASTING)
     for name, value in (
         ("strict", strict),
@@ -112,7 +113,14 @@ def load_partial(
             ``report.renamed`` and ``report.how``.
         strict: every model key under ``at`` must be loaded and every selected
             checkpoint key used.
-        on_mismatch: ``"error"`` (default) or ``"skip"`` for shape mismatches.
+        on_mismatch: ``"error"`` (default) or ``"skip"`` for shape mismatches;
+            ``"reshape"`` loads a checkpoint tensor that holds the model
+            tensor's values in another shape (size-1 dimensions: ``(C, 1, 1)``
+            against ``(C,)``, a 1x1 convolution against an ``nn.Linear``; or a
+            matrix ``(out, c*kh*kw)`` against a kernel ``(out, c, kh, kw)``)
+            reshaped, listed in ``report.reshaped``, and refuses other
+            mismatches as ``"error"`` does. ``rename="auto"`` loads the reshapes
+            its match proves (``KeyMatch.reshaped``) under any setting.
         casting: ``"no"``, ``"equiv"``, ``"safe"``, ``"same_kind"`` (default:
             float<->float allowed unless a finite value overflows; float to
             integer refused) or ``"unsafe"``.
@@ -250,13 +258,18 @@ def _load(
             on_mismatch=on_mismatch,
             casting=casting,
             init_missing=init_missing,
+            reshape=auto or on_mismatch == "reshape",
         )
         plan.report.dry_run = dry_run
         if match is not None:
             plan.report.how = {k: match.how.get(k, "name") for k in plan.report.loaded}
         plan.copy_meta = isinstance(source, nn.Module)
         if not dry_run:
-            commit(plan, src, transactional=transactional)
+            commit(
+                plan,
+                ReshapedSource(src, plan.reshape) if plan.reshape else src,
+                transactional=transactional,
+            )
         return plan.report
     finally:
         if owned and not keep_open:

@@ -69,6 +69,12 @@ class KeyMatch:
         mismatched: model key -> (checkpoint key, checkpoint shape, model shape)
             for pairs aligned by name or structure whose shapes differ; never
             loaded.
+        reshaped: model key -> (checkpoint shape, model shape) for the keys of
+            ``mapping`` whose tensors hold the same values in another shape
+            (size-1 dimensions: a ``(C, 1, 1)`` layer scale and a ``(C,)`` one, a
+            1x1 convolution and an ``nn.Linear``; or a matrix and a convolution
+            kernel, VGG's classifier); ``load_partial(rename="auto")`` loads them
+            reshaped (with pinned rules: ``on_mismatch="reshape"``).
 
     Example:
         >>> import torchvision, surgery
@@ -89,12 +95,13 @@ class KeyMatch:
     mismatched: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = field(
         default_factory=dict
     )
+    reshaped: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
 
     def rules(self) -> list[tuple[str, str]]:
         """A short list of ``(regex, replacement)`` pairs that reproduces ``mapping``.
 
         Pass it as ``load_partial(..., rename=km.rules())`` to pin the mapping in
-        code. Prefix rules are generalized over block indices that both sides
+        code (add ``on_mismatch="reshape"`` when ``reshaped`` is not empty). Prefix rules are generalized over block indices that both sides
         share; the list is checked to rename every mapped checkpoint key to its
         model key and no other checkpoint key onto a model key (otherwise one
         exact rule per key is returned).
@@ -127,6 +134,10 @@ class KeyMatch:
                 m: {"checkpoint": c, "checkpoint_shape": list(a), "model_shape": list(b)}
                 for m, (c, a, b) in self.mismatched.items()
             },
+            "reshaped": {
+                m: {"checkpoint_shape": list(a), "model_shape": list(b)}
+                for m, (a, b) in self.reshaped.items()
+            },
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -140,6 +151,7 @@ class KeyMatch:
         by = ", ".join(f"{n} by {h}" for h, n in sorted(counts.items()))
         lines = [
             f"KeyMatch: {len(self.mapping)} matched ({by or 'none'}), "
+            f"{len(self.reshaped)} reshaped, "
             f"{len(self.mismatched)} mismatched, {len(self.ambiguous)} ambiguous group(s), "
             f"{len(self.unmatched_model)} unmatched model key(s), "
             f"{len(self.unmatched_checkpoint)} unmatched checkpoint key(s)"
@@ -152,7 +164,11 @@ class KeyMatch:
             lines.append(f"  {module}")
             for m in keys:
                 c = self.mapping[m]
-                lines.append(f"    {c.ljust(width)} -> {m}  [{self.how.get(m, '?')}]")
+                how = self.how.get(m, "?")
+                if m in self.reshaped:
+                    a, b = self.reshaped[m]
+                    how += f", reshaped {a} -> {b}"
+                lines.append(f"    {c.ljust(width)} -> {m}  [{how}]")
         if self.mismatched:
             lines.append(f"  mismatched, never loaded ({len(self.mismatched)}):")
             for m, (c, a, b) in self.mismatched.items():
@@ -288,6 +304,8 @@ def match_source(
             orig, new = renamed[i]
             km.mapping[full] = orig
             km.how[full] = "rename" if how == "name" and orig != new else how
+            if ckpt[i].shape != entries[j].shape:
+                km.reshaped[full] = (ckpt[i].shape, entries[j].shape)
         elif j in result.mismatched:
             i = result.mismatched[j]
             km.mismatched[full] = (renamed[i][0], ckpt[i].shape, entries[j].shape)

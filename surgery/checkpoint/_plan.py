@@ -23,6 +23,7 @@ from ._casting import cast_problem, is_safe_cast, value_problem
 from ._materialize import MetaInit, is_dtensor, plan_init
 from ._rename import KeyFilter, RenameRules
 from ._report import LoadReport, dtype_name, listing, quoted
+from ._reshape import reshape_kind
 from ._source import TensorInfo, TensorSource
 
 __all__ = ["Item", "Plan", "bit_identical", "build_plan", "select_keys"]
@@ -48,6 +49,9 @@ class Plan:
     report: LoadReport
     inits: list[MetaInit] = field(default_factory=list)  # init_missing=True
     copy_meta: bool = False  # copy values assigned to meta targets (source is a live module)
+    # checkpoint key -> the model's shape, for tensors loaded reshaped (read them through
+    # surgery.checkpoint._reshape.ReshapedSource)
+    reshape: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 def bit_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -171,8 +175,13 @@ def build_plan(
     on_mismatch: str,
     casting: str,
     init_missing: bool = False,
+    reshape: bool = False,
 ) -> Plan:
     """Match, check and describe; change nothing.
+
+    ``reshape`` (``on_mismatch="reshape"``, ``rename="auto"``): a checkpoint
+    tensor that holds the model tensor's values in another shape (see
+    :func:`surgery.checkpoint._reshape.reshape_kind`) is loaded reshaped.
 
     Raises:
         LoadError: every problem of the first failing kind, listed.
@@ -190,6 +199,7 @@ def build_plan(
 
     report = LoadReport(source=source.description, unwrapped=source.unwrapped)
     mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    reshaped: dict[str, tuple[int, ...]] = {}  # checkpoint key -> model shape
     cast_errors: list[str] = []
     tie_errors: list[str] = []
     items: list[Item] = []
@@ -206,6 +216,14 @@ def build_plan(
         done.add(id(tensor))
         model_shape = tuple(tensor.shape)
         infos = [(k, ck, source.info(ck)) for k, ck in sources]
+        stored = {ck: inf.shape for _k, ck, inf in infos}
+        if reshape:
+            infos = [
+                (k, ck, TensorInfo(model_shape, inf.dtype))
+                if reshape_kind(inf.shape, model_shape)
+                else (k, ck, inf)
+                for k, ck, inf in infos
+            ]
         bad = [(k, ck, inf) for k, ck, inf in infos if inf.shape != model_shape]
         if bad:
             for k, _ck, inf in bad:
@@ -220,9 +238,9 @@ def build_plan(
             )
             continue
         if len(infos) > 1:  # both names of a tied tensor are in the checkpoint
-            ref = source.read(first_ckpt).to(tensor.dtype)
+            ref = source.read(first_ckpt).reshape(model_shape).to(tensor.dtype)
             for k, ck, _inf in infos[1:]:
-                other = source.read(ck).to(tensor.dtype)
+                other = source.read(ck).reshape(model_shape).to(tensor.dtype)
                 if not bit_identical(ref, other):
                     tie_errors.append(
                         f"{_join(prefix, first_key)!r} and {_join(prefix, k)!r} are one tied "
@@ -245,8 +263,14 @@ def build_plan(
         items.append(Item([_join(prefix, k) for k in order], first_ckpt, tensor, info, owner, name))
         if tensor.is_meta:
             items[-1].owners = [_owner(root, k, modules) for k in order]
+        for _k, ck, _inf in infos:
+            if stored[ck] != model_shape:
+                reshaped[ck] = model_shape
         for k in order:
             full = _join(prefix, k)
+            ck = key_map.get(k, first_ckpt)
+            if stored.get(ck, model_shape) != model_shape:
+                report.reshaped[full] = (stored[ck], model_shape)
             report.loaded.append(full)
             if full != first_ckpt:
                 report.renamed[full] = first_ckpt
@@ -255,7 +279,7 @@ def build_plan(
 
     where = f" under {at!r}" if at else ""
     model_name = type(into).__name__
-    if mismatched and on_mismatch == "error":
+    if mismatched and on_mismatch in ("error", "reshape"):
         lines = [f"{k!r}: checkpoint {a} vs model {b}" for k, (a, b) in mismatched.items()]
         skip, drop = Hint("on_mismatch", "skip"), Hint("exclude")
         raise LoadError(
@@ -329,7 +353,7 @@ def build_plan(
             f"checkpoint key used; nothing was loaded:\n" + "\n".join(parts),
             hints=strict_hints,
         )
-    return Plan(items, report, inits)
+    return Plan(items, report, inits, reshape=reshaped)
 
 
 def _plan_meta(

@@ -62,6 +62,9 @@ class LoadReport:
         how: with ``rename="auto"``: loaded model key -> how its checkpoint key
             was found (``"name"``, ``"rename"`` or ``"structure"``, see
             :func:`surgery.match_keys`); empty otherwise.
+        reshaped: model key -> (checkpoint shape, model shape), for keys loaded
+            reshaped (same values, another shape: ``rename="auto"`` or
+            ``on_mismatch="reshape"``).
 
     Example:
         >>> import torchvision, surgery
@@ -87,6 +90,7 @@ class LoadReport:
     dry_run: bool = False
     initialized: list[str] = field(default_factory=list)
     how: dict[str, str] = field(default_factory=dict)
+    reshaped: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data (shapes as lists, dtypes as names)."""
@@ -103,6 +107,7 @@ class LoadReport:
             "dry_run": self.dry_run,
             "initialized": list(self.initialized),
             "how": dict(self.how),
+            "reshaped": {k: [list(a), list(b)] for k, (a, b) in self.reshaped.items()},
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -130,6 +135,10 @@ class LoadReport:
             for k in sorted(self.mismatched):
                 a, b = self.mismatched[k]
                 lines.append(f"    {k!r}: checkpoint {tuple(a)} vs model {tuple(b)}")
+        if self.reshaped:
+            lines.append(f"  reshaped ({len(self.reshaped)}):")
+            for k, (a, b) in self.reshaped.items():
+                lines.append(f"    {k}: {a} -> {b}")
         if self.cast:
             lines.append(f"  cast ({len(self.cast)}):")
             for k in sorted(self.cast):

@@ -175,11 +175,13 @@ def _classifier(model: nn.Module, num_classes: int) -> tuple[str, nn.Module]:
     cfg = getattr(model, "config", None)
     want = getattr(cfg, "num_labels", None)
     prefix = getattr(model, "base_model_prefix", "") or ""
-    base = getattr(model, prefix, None) is None  # the model is its own base model: no head
+    # no base model under base_model_prefix: a base model itself (BertModel), or a head
+    # class that keeps its parts elsewhere (WhisperForAudioClassification.encoder)
+    base = getattr(model, prefix, None) is None
     layers = [(n, m) for n, m in _outside_base(model) if isinstance(m, _HEADS)]
-    matches = (
-        [] if base else [(n, m) for n, m in layers if want is not None and _outputs(m) == want]
-    )
+    matches = [(n, m) for n, m in layers if want is not None and _outputs(m) == want]
+    if base:  # then only a direct child of the model is a head (its .classifier)
+        matches = [(n, m) for n, m in matches if "." not in n]
     if len(matches) == 1:
         return matches[0]
     shown = matches or layers[-8:]

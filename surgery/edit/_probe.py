@@ -2,7 +2,8 @@
 
 Both questions are answered by running ``forward`` on a meta copy (no tensor
 memory, the caller's model is never run, moved or hooked) with a meta input
-built from what the model declares (timm's ``pretrained_cfg["input_size"]``)
+built from what the model declares (timm's ``pretrained_cfg["input_size"]``,
+a Hugging Face config's ``image_size`` and ``num_channels``)
 or from its first layer (224 per spatial dimension of a convolution).
 
 :func:`input_consumers` follows the input tensors through the ops that keep
@@ -108,6 +109,18 @@ def probe_inputs(model: nn.Module) -> list[torch.Tensor] | None:
     cfg = getattr(model, "pretrained_cfg", None)
     size = cfg.get("input_size") if isinstance(cfg, dict) else None
     declared = model.__dict__.get("in_chans", model.__dict__.get("in_channels"))
+    hf = getattr(model, "config", None)  # a Hugging Face vision config
+    image, hf_channels = getattr(hf, "image_size", None), getattr(hf, "num_channels", None)
+    if isinstance(image, int) and not isinstance(image, bool) and isinstance(hf_channels, int):
+        image = (image, image)
+    if (
+        size is None
+        and isinstance(image, (tuple, list))
+        and len(image) == 2
+        and all(isinstance(s, int) for s in image)
+        and isinstance(hf_channels, int)
+    ):
+        size, declared = (hf_channels, *image), hf_channels
     if isinstance(declared, int) and not isinstance(declared, bool) and declared > 0:
         channels = declared
     if kind is nn.Linear:

@@ -14,6 +14,7 @@ from ..paths._resolve import check_model, resolve
 from ._discover import CONV, declared_paths, describe, first_conv
 from ._engine import Planner, check_aliases, run_plan
 from ._head_layers import check_count
+from ._hf import config_settings, is_pretrained
 from ._plan import EditPlan, Setting
 from ._probe import input_consumers
 
@@ -65,6 +66,35 @@ _UNPROVEN = (
     "know they are the only ones that read the image: surgery.adapt_input(model, {n}, "
     "path={path!r})"
 )
+
+
+_CHANNEL_ATTRS = ("in_chans", "in_channels", "num_channels")
+
+
+def _declared_channels(
+    planner: Planner, model: nn.Module, path: str, conv: nn.Module, in_channels: int
+) -> None:
+    """Plan the channel counts that the conv's enclosing modules keep (and check).
+
+    Hugging Face's ``ViTPatchEmbeddings.num_channels`` refuses any other input
+    channel count; an attribute of an enclosing module (the root excepted, done by
+    the caller) that equals the conv's old ``in_channels`` follows it.
+    """
+    old = int(conv.in_channels)  # type: ignore[union-attr,arg-type]
+    parts = path.split(".")
+    for depth in range(1, len(parts)):
+        owner = resolve(model, ".".join(parts[:depth])).module
+        for attr in _CHANNEL_ATTRS:
+            value = owner.__dict__.get(attr)
+            if isinstance(value, int) and not isinstance(value, bool) and value == old:
+                where = ".".join(parts[:depth])
+                planner.set(
+                    owner,
+                    "dict",
+                    attr,
+                    in_channels,
+                    setting=Setting(where, attr, value, in_channels),
+                )
 
 
 def _input_convs(model: nn.Module, in_channels: int = 1) -> tuple[list[str], str]:
@@ -191,12 +221,19 @@ def adapt_input(
             paths, how = _input_convs(model, in_channels)
         planner = Planner(model, "adapt_input")
         seen: set[int] = set()
+        old_channels: set[int] = set()
         for p in paths:
             conv = resolve(model, p).module
             if conv.in_channels == in_channels or id(conv) in seen:  # type: ignore[union-attr]
                 continue
             seen.add(id(conv))
+            old_channels.add(int(conv.in_channels))  # type: ignore[union-attr,arg-type]
             planner.replace(conv, _adapted_conv(conv, in_channels, p), path=p)
+            _declared_channels(planner, model, p, conv, in_channels)
+        cfg = getattr(model, "config", None)
+        declared = getattr(cfg, "num_channels", None)
+        if is_pretrained(model) and isinstance(declared, int) and declared in old_channels:
+            config_settings(planner, model, {"num_channels": in_channels})  # HF config
         for attr in ("in_chans", "in_channels"):
             value = model.__dict__.get(attr)
             if (

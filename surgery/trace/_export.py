@@ -14,8 +14,10 @@ stack it was created under (``node.meta["nn_module_stack"]``). From it:
 * **split / cut** are lossless: the head takes the example's inputs by name
   (``head(**inputs)``), the tail rebuilds the model's own output (a
   ``ModelOutput`` for transformers), and ``tail(head(**inputs)) == model(**inputs)``.
-  The graph is specialized to the example (shapes, non-tensor arguments, the
-  train/eval mode), and every module of the graph is inlined (ATen ops reading
+  The graph is specialized to the example's non-tensor arguments and the
+  train/eval mode; its input sizes stay free (``Dim.AUTO``) wherever the forward
+  allows, except dimensions of size 1 in the example (torch pins those: trace
+  with a batch of 2 or more for a batch-size-free split). Every module of the graph is inlined (ATen ops reading
   parameters), so the parts are ``GraphModule`` s with ``meta["surgery_engine"]
   == "torch.export"``.
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import itertools
+import logging
 import typing
 import warnings
 from collections.abc import Callable, Iterator
@@ -193,7 +196,14 @@ def _default_example(model: nn.Module) -> Example | None:
     except Exception:
         return None
     if isinstance(dummy, dict) and main in dummy:
-        return (), {k: v for k, v in dummy.items() if isinstance(v, torch.Tensor)}
+        # only what forward names: T5EncoderModel's dummy inputs hold decoder ids that
+        # its forward would swallow into **kwargs
+        names, _, _ = _forward_parameters(model)
+        return (), {
+            k: v
+            for k, v in dummy.items()
+            if isinstance(v, torch.Tensor) and (k in names or k == main)
+        }
     return None
 
 
@@ -207,11 +217,24 @@ def _without_cache(clone: nn.Module, kwargs: dict[str, Any]) -> None:
         cfg.use_cache = False  # type: ignore[union-attr]
 
 
+_EXPORT_LOGGERS = ("torch._export", "torch.export", "torch.fx.experimental.symbolic_shapes")
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    with warnings.catch_warnings():  # export's own notices are not the caller's business
+    """Export's own notices (warnings, and log lines such as "0/1 specialized") are not
+    the caller's business."""
+    loggers = [logging.getLogger(name) for name in _EXPORT_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        yield
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 def _reason(e: BaseException) -> str:
@@ -219,7 +242,36 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text and text[0] else type(e).__name__
 
 
-def _export(model: nn.Module, example: Example, evaluate: bool) -> torch.export.ExportedProgram:
+def _any_size(value: Any) -> Any:
+    """``dynamic_shapes`` for one input: every dimension of every tensor ``Dim.AUTO``."""
+    if isinstance(value, torch.Tensor):
+        return {i: torch.export.Dim.AUTO for i in range(value.dim())} or None
+    if isinstance(value, (list, tuple)):
+        return type(value)(_any_size(v) for v in value) if value else None
+    if isinstance(value, dict):
+        return {k: _any_size(v) for k, v in value.items()}
+    return None
+
+
+def _dynamic_shapes(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``Dim.AUTO`` for every input dimension, keyed like ``forward``'s parameters (or None)."""
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return None
+    return {name: _any_size(value) for name, value in bound.arguments.items()}
+
+
+def _export(
+    model: nn.Module, example: Example, evaluate: bool, dynamic: bool = False
+) -> torch.export.ExportedProgram:
+    """Export a structural copy; ``dynamic``: sizes left free where the forward allows.
+
+    With ``dynamic=True`` every input dimension is ``Dim.AUTO``: torch.export keeps
+    a dimension symbolic unless the forward pins it (a size of 1 in the example is
+    pinned too: torch's 0/1 specialization). Where the dynamic export fails, the
+    static one (specialized to the example's shapes) is used.
+    """
     args, kwargs = example
     device = _device_of(model)
     args, kwargs = _to(args, device), _to(kwargs, device)
@@ -227,7 +279,11 @@ def _export(model: nn.Module, example: Example, evaluate: bool) -> torch.export.
     if evaluate:
         clone.eval()
     _without_cache(clone, kwargs)
+    shapes = _dynamic_shapes(clone, args, kwargs) if dynamic else None
     with _quiet(), torch.no_grad():
+        if shapes is not None:
+            with contextlib.suppress(Exception):
+                return torch.export.export(clone, args, kwargs, dynamic_shapes=shapes, strict=False)
         return torch.export.export(clone, args, kwargs, strict=False)
 
 
@@ -305,7 +361,7 @@ def export_trace(
     else:
         example = normalize_example_inputs(model, example_inputs)
     try:
-        ep = _export(model, example, evaluate)
+        ep = _export(model, example, evaluate, dynamic=not evaluate)
         gm = ep.module()
     except Exception as e:
         raise _failure(model, fx_error, _reason(e)) from None
