@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,7 +58,92 @@ def _adapted_conv(conv: nn.Module, in_channels: int, path: str) -> nn.Module:
     new.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
     new.in_channels = in_channels
     new.groups = 1
+    if _own_forward(conv) and not conv.weight.is_meta:
+        _standardized_weight(conv, new, in_channels)
+        _check_equivalent(conv, new, in_channels, path)
     return new
+
+
+def _own_forward(conv: nn.Module) -> bool:
+    """The conv's class computes its own forward (timm's StdConv2d, Conv2dSame...)."""
+    base = next(c for c in type(conv).__mro__ if c in CONV)
+    return type(conv).forward is not base.forward
+
+
+def _standardized_weight(conv: Any, new: Any, in_channels: int) -> None:
+    """Weight-standardized convolutions with a gain (timm's ScaledStdConv2d, NF-Nets).
+
+    Their forward uses ``standardize(W) * gain * scale``; folding ``W`` would change
+    the standardization. The folded *effective* kernel ``K'`` has zero mean per
+    output channel, so ``W' = K'`` with ``gain' = sqrt(var(K') + eps) / scale`` gives
+    exactly ``K'``.
+    """
+    gain, scale, eps = (getattr(conv, a, None) for a in ("gain", "scale", "eps"))
+    if not (
+        isinstance(gain, nn.Parameter)
+        and isinstance(scale, float)
+        and isinstance(eps, float)
+        and gain.numel() == conv.out_channels
+    ):
+        return
+    out = int(conv.out_channels)
+    with torch.no_grad():
+        w = conv.weight.float()
+        flat = w.reshape(out, -1)
+        mean = flat.mean(1, keepdim=True)
+        var = flat.var(1, unbiased=False, keepdim=True)
+        k = (flat - mean) / torch.sqrt(var + eps) * (gain.float().reshape(out, 1) * scale)
+        k = k.reshape_as(w)
+        folded = _adapted_weight(k, 1, in_channels)
+        fvar = folded.reshape(out, -1).var(1, unbiased=False)
+        new_gain = torch.sqrt(fvar + eps) / scale
+    new.weight = nn.Parameter(
+        folded.to(conv.weight.dtype),
+        requires_grad=conv.weight.requires_grad,
+    )
+    new.gain = nn.Parameter(
+        new_gain.reshape(gain.shape).to(gain.dtype), requires_grad=gain.requires_grad
+    )
+
+
+def _check_equivalent(conv: Any, new: Any, in_channels: int, path: str) -> None:
+    """Prove a conv with its own forward adapted: ``new(x) == conv(x cycled to C channels)``.
+
+    Only where the fold is exact (``in_channels <= C`` or a multiple of ``C``).
+    """
+    c = int(conv.in_channels)
+    if in_channels > c and in_channels % c:
+        return
+    k = conv.kernel_size
+    g = torch.Generator().manual_seed(0)
+    w = conv.weight
+    x = torch.randn((2, in_channels, *(2 * d + 3 for d in k)), generator=g, dtype=torch.float64).to(
+        w.device, w.dtype
+    )
+    idx = torch.arange(c, device=w.device) % in_channels
+    wide = x.index_select(1, idx) if in_channels <= c else x[:, :c] * 1.0
+    try:
+        with torch.no_grad():
+            got, want = new(x), conv(wide)
+            if in_channels > c:  # x repeated to in_channels: compare with the original on x
+                got = new(x[:, :c].repeat(1, in_channels // c, *([1] * len(k))))
+                want = conv(x[:, :c])
+    except Exception as e:
+        got, want, why = None, None, f"{type(e).__name__}: {e}"
+    else:
+        diff = (got.double() - want.double()).abs().max().item() if got.numel() else 0.0
+        scale = max(1.0, want.double().abs().max().item()) if want.numel() else 1.0
+        tol = (1e-4 if w.dtype in (torch.float32, torch.float64) else 1e-2) * scale
+        if diff <= tol:
+            return
+        why = f"its output differs by up to {diff:.3g} from the original's on the cycled input"
+    raise LayerNotFoundError(
+        f"cannot adapt {path!r} ({type(conv).__name__}) to {in_channels} input channel(s): "
+        f"it computes its own forward from its weight (a weight standardization, for "
+        f"example), so folding the weight's channels does not give the same outputs: "
+        f"{why}. Replace the layer yourself (surgery.replace(model, {path!r}, ...)) "
+        f"with one that takes {in_channels} channel(s)"
+    )
 
 
 _UNPROVEN = (

@@ -66,6 +66,7 @@ __all__ = [
     "normalize_example_inputs",
     "on_meta",
     "shape_of",
+    "token_input_hint",
     "trace_with_fallback",
 ]
 
@@ -205,6 +206,25 @@ def _default_example(model: nn.Module) -> Example | None:
             if isinstance(v, torch.Tensor) and (k in names or k == main)
         }
     return None
+
+
+def token_input_hint(model: nn.Module, input_size: Any, error: BaseException) -> str:
+    """A hint for ``input_size=`` on a model whose input is token ids (float meta inputs fail).
+
+    Empty unless the model's first layer is an ``nn.Embedding`` or the error is an
+    embedding's complaint about float indices.
+    """
+    first = next((m for m in model.modules() if not list(m.children())), None)
+    if not isinstance(first, nn.Embedding) and "'indices'" not in str(error):
+        return ""
+    name = getattr(model, "main_input_name", None) or "input_ids"
+    size = tuple(input_size) if isinstance(input_size, (tuple, list)) else (1, 8)
+    if size and isinstance(size[0], (tuple, list)):
+        size = tuple(size[0])
+    return (
+        f"; its input is integer token ids, which input_size= cannot describe: pass "
+        f"example_inputs={{{name!r}: torch.zeros({size}, dtype=torch.long)}}"
+    )
 
 
 # ----------------------------------------------------------------------------- export

@@ -17,7 +17,7 @@ from torch import nn
 from .._boundary import operation
 from .._errors import ArgumentError, SurgeryError
 from ..paths._resolve import check_model
-from ._export import example_data
+from ._export import example_data, token_input_hint
 from ._meta import eval_mode, meta_copy, normalize_input_size, structural_copy
 
 if TYPE_CHECKING:  # torchinfo is imported at first use: `import surgery` stays light
@@ -54,6 +54,7 @@ def _run_torchinfo(model: nn.Module, input_size: Any, kwargs: dict[str, Any]) ->
         raise SurgeryError(
             f"torchinfo could not run {type(model).__name__} with input_size={input_size!r} "
             f"on {kwargs.get('device')}: {type(cause).__name__}: {cause}"
+            + token_input_hint(model, input_size, cause)
         ) from e
     if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         # torchinfo adds up each layer's parameters, so a shared one counts at every use;

@@ -18,6 +18,7 @@ from ._export import (
     normalize_example_inputs,
     on_meta,
     shape_of,
+    token_input_hint,
 )
 from ._meta import eval_mode, meta_copy, meta_inputs
 
@@ -173,6 +174,7 @@ def output_shapes(
         raise SurgeryError(
             f"{type(model).__name__} could not run on the meta device with input_size="
             f"{input_size!r}: {type(exc).__name__}: {exc}"
+            + token_input_hint(model, input_size, exc)
         ) from exc
     finally:
         for h in handles:

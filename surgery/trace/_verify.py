@@ -23,7 +23,12 @@ from torch import nn
 from .._boundary import operation
 from .._errors import ArgumentError, VerificationError
 from ..paths._resolve import check_model
-from ._export import example_output_shape, example_shapes, normalize_example_inputs
+from ._export import (
+    example_output_shape,
+    example_shapes,
+    normalize_example_inputs,
+    token_input_hint,
+)
 from ._meta import normalize_input_size
 from ._shapes import MetaClone, fast_output_shape, plain_output_shape
 from ._summary import count_parameters, summary
@@ -213,7 +218,10 @@ def verify(
                 try:  # the shortcuts never decide a failure: the plain meta forward does
                     shape = plain_output_shape(model, inputs)
                 except Exception as e:
-                    failures.append(f"forward: fails on the meta device: {type(e).__name__}: {e}")
+                    failures.append(
+                        f"forward: fails on the meta device: {type(e).__name__}: {e}"
+                        + token_input_hint(model, input_size, e)
+                    )
         if expected_shape is not None and not failures and shape != expected_shape:
             failures.append(f"output_shape: expected {_fmt(expected_shape)}, got {_fmt(shape)}")
         for name, want, got in (
