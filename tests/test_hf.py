@@ -622,3 +622,83 @@ def test_delete_refused_late_leaves_config_unchanged() -> None:
         surgery.delete(model, "transformer.h.1", aliases="error")
     assert_unchanged(model, before)
     assert model.config.to_dict() == config
+
+
+# ----------------------------------------------------------------------------- other sizes, zoo fixes
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "t5-encoder"])
+def test_split_runs_on_other_batch_sizes_and_lengths(name: str) -> None:
+    """The export engine keeps input sizes free (Dim.AUTO): trace on (2, 7), run (3, 11)."""
+    factory, example, path = ZOO[name]
+    model = factory()
+    head, tail = surgery.split(model, path, example_inputs=example())
+    g = torch.Generator().manual_seed(1)
+    for batch, length in ((3, 11), (2, 4), (5, 7)):
+        ids = torch.randint(1, 99, (batch, length), generator=g)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        with torch.no_grad():
+            torch.testing.assert_close(_main(tail(head(**inputs))), _main(model(**inputs)))
+
+
+def test_split_without_example_uses_what_forward_takes() -> None:
+    """T5EncoderModel's dummy inputs hold decoder ids its forward does not name: left out."""
+    factory, _example, path = ZOO["t5-encoder"]
+    model = factory()
+    head, tail = surgery.split(model, path)  # the model's own dummy_inputs
+    ids = torch.randint(1, 99, (1, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(_main(tail(head(input_ids=ids))), _main(model(input_ids=ids)))
+
+
+@pytest.mark.parametrize("name", ["vit", "clip-vision"])
+def test_adapt_input_keeps_the_config_in_step(name: str) -> None:
+    model = ZOO[name][0]()
+    pixels = _pixels()["pixel_values"][:, :1]
+    with torch.no_grad():
+        expected = _main(model(pixel_values=pixels.expand(-1, 3, -1, -1).contiguous()))
+    before = snapshot(model)
+    plan = surgery.adapt_input(model, 1, dry_run=True)
+    assert ("", "config.num_channels") in _settings(plan)
+    assert_unchanged(model, before)
+    surgery.adapt_input(model, 1)
+    assert model.config.num_channels == 1
+    for m in model.modules():  # ViTPatchEmbeddings checks its own count
+        if "num_channels" in m.__dict__:
+            assert m.__dict__["num_channels"] == 1
+    with torch.no_grad():
+        torch.testing.assert_close(_main(model(pixel_values=pixels)), expected)
+
+
+def test_replace_head_of_a_head_class_without_base_model_attribute() -> None:
+    """WhisperForAudioClassification keeps its encoder under .encoder, not base_model_prefix."""
+    cfg = transformers.WhisperConfig(
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=37,
+        decoder_ffn_dim=37,
+        num_mel_bins=8,
+        max_source_positions=16,
+        classifier_proj_size=24,
+        **TOKENS,
+    )
+    model = transformers.WhisperForAudioClassification(cfg).eval()
+    surgery.replace_head(model, 7)
+    assert model.classifier.out_features == 7 and model.config.num_labels == 7
+    features = torch.randn(2, 8, 32)
+    assert model(input_features=features).logits.shape == (2, 7)
+    # a true base model is still refused
+    base = ZOO["clip-vision"][0]()
+    with pytest.raises(surgery.LayerNotFoundError, match="base model"):
+        surgery.replace_head(base, 7)
+
+
+@pytest.mark.parametrize("call", [surgery.tree, surgery.summary, surgery.verify])
+def test_input_size_on_token_ids_names_example_inputs(call: Callable[..., Any]) -> None:
+    model = bert_cls()
+    with pytest.raises(surgery.SurgeryError) as err:
+        call(model, input_size=(2, 7))
+    assert "example_inputs={'input_ids': torch.zeros((2, 7), dtype=torch.long)}" in str(err.value)

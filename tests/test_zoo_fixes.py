@@ -186,3 +186,45 @@ def test_adapt_input_adapts_every_conv_reading_the_input() -> None:
     assert (m.a.in_channels, m.b.in_channels) == (1, 1)
     with torch.no_grad():
         assert torch.allclose(m(x, y), expected, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- convs with their own forward
+
+
+def _grey_equivalent(m: nn.Module, size: int = 64) -> float:
+    x = torch.randn(2, 1, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = m(x.expand(-1, 3, -1, -1).contiguous())
+        surgery.adapt_input(m, 1)
+        return float((m(x) - expected).abs().max())
+
+
+def test_scaled_std_conv_is_adapted_exactly() -> None:
+    """NF-Nets standardize their weights (ScaledStdConv2d): fold the effective kernel, fix the gain."""
+    torch.manual_seed(0)
+    m = timm.create_model("nf_regnet_b0", pretrained=False).eval()
+    assert type(m.stem.conv).__name__ == "ScaledStdConv2d"
+    assert _grey_equivalent(m) < 1e-5
+    assert m.stem.conv.in_channels == 1 and m.stem.conv.weight.shape[1] == 1
+
+
+def test_std_conv_without_gain_is_refused_unchanged() -> None:
+    """StdConv2d standardizes its weight with no gain: no folded weight gives the same outputs."""
+    torch.manual_seed(0)
+    m = timm.create_model("vit_tiny_r_s16_p8_224", pretrained=False).eval()
+    before = snapshot(m)
+    with pytest.raises(surgery.LayerNotFoundError, match="computes its own forward") as err:
+        surgery.adapt_input(m, 1)
+    assert "patch_embed.backbone.conv" in str(err.value) and "StdConv2dSame" in str(err.value)
+    assert_unchanged(m, before)
+
+
+def test_conv_with_its_own_forward_that_folds_is_adapted() -> None:
+    """A conv subclass whose forward is still linear in the input (padding 'same' by hand)."""
+
+    class PaddedConv(nn.Conv2d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"))
+
+    m = nn.Sequential(PaddedConv(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    assert _grey_equivalent(m, 16) < 1e-5
