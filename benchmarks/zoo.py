@@ -379,6 +379,9 @@ def torchvision_specs(names: list[str] | None, log: Callable[[str], None]) -> li
             kwargs = {k: v for k, v in kwargs.items() if v is not None or k.startswith("weights")}
             size = [(1, 3, 128, 128), (1, 3, 128, 128)]
             inputs = lambda: (torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128))  # noqa: E731
+        elif "inception_v3" in name:  # its auxiliary head (train mode) needs 299 pixels
+            size = (1, 3, 299, 299)
+            inputs = lambda: (torch.randn(1, 3, 299, 299),)  # noqa: E731
         elif not any(s in name for s in ("vit", "swin", "maxvit")):
             size = (1, 3, 160, 160)
             inputs = lambda: (torch.randn(1, 3, 160, 160),)  # noqa: E731

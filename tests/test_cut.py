@@ -515,3 +515,39 @@ def test_getitem_unpacking_is_used_for_carried_values() -> None:
     _, tail = surgery.split(model, "layer2.0.conv1")
     calls = [n.target for n in tail.graph.nodes if n.op == "call_function"]
     assert calls.count(operator.getitem) == 2
+
+
+def _add_into(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x.add_(y)  # the caller ignores the result: only the side effect matters
+    return x
+
+
+torch.fx.wrap("_add_into")
+
+
+class SideEffect(nn.Module):
+    """torchvision's MViT: a wrapped function adds into a value in place, its result unused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.c = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        g = self.b(h)
+        _add_into(g, h)
+        return self.c(g)
+
+
+@pytest.mark.parametrize("path", ["a", "b", "c"])
+def test_split_keeps_a_side_effect_whose_result_is_unused(path: str) -> None:
+    m = SideEffect().eval()
+    x = torch.randn(3, 4)
+    head, tail = surgery.split(m, path)
+    with torch.no_grad():
+        torch.testing.assert_close(tail(head(x)), m(x))
+    if path == "b":  # cut at b returns b's own output, before the addition
+        with torch.no_grad():
+            torch.testing.assert_close(surgery.cut(m, "b")(x), m.b(m.a(x)))

@@ -90,8 +90,22 @@ def _inplace_kwarg(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bo
         return False
 
 
-def _mutated(node: fx.Node, model: nn.Module, t: Traced) -> fx.Node | None:
-    """The node whose value ``node`` modifies in place, if any (a conservative guess)."""
+def _mutated(node: fx.Node, model: nn.Module, t: Traced) -> list[fx.Node]:
+    """The nodes whose values ``node`` may modify in place (conservative).
+
+    Known in-place forms modify their first argument. A call whose result nothing
+    uses can only matter by its side effects (torchvision's MViT calls a wrapped
+    ``_add_shortcut`` that adds into its first argument and returns nothing used),
+    so it may modify any of its arguments.
+    """
+    if not node.users and node.op in ("call_function", "call_method", "call_module"):
+        return list(node.all_input_nodes)
+    first = _mutated_first(node, model, t)
+    return [first] if first is not None else []
+
+
+def _mutated_first(node: fx.Node, model: nn.Module, t: Traced) -> fx.Node | None:
+    """The first argument, where ``node`` is a known in-place form."""
     first = node.args[0] if node.args else None
     if not isinstance(first, fx.Node):
         return None
@@ -116,7 +130,7 @@ def _mutated(node: fx.Node, model: nn.Module, t: Traced) -> fx.Node | None:
 
 
 def _collect(
-    roots: Iterable[fx.Node], stop: set[fx.Node], mutators: list[tuple[fx.Node, fx.Node]]
+    roots: Iterable[fx.Node], stop: set[fx.Node], mutators: list[tuple[fx.Node, list[fx.Node]]]
 ) -> tuple[set[fx.Node], set[fx.Node]]:
     """Nodes needed for ``roots`` without entering ``stop``; and the ``stop`` nodes reached.
 
@@ -139,8 +153,8 @@ def _collect(
     changed = True
     while changed:
         changed = False
-        for m, v in mutators:
-            if m not in inside and m not in stop and (v in inside or v in boundary):
+        for m, vs in mutators:
+            if m not in inside and m not in stop and any(v in inside or v in boundary for v in vs):
                 visit([m])
                 changed = True
     return inside, boundary
@@ -163,7 +177,7 @@ def _plan(t: Traced, model: nn.Module, path: str, *, with_tail: bool) -> _Plan:
     placeholders = [n for n in nodes if n.op == "placeholder"]
     outs = leaves_of(structure)
     cut_at = max(order[n] for n in outs)
-    mutations = [(n, v) for n in nodes if (v := _mutated(n, model, t)) is not None]
+    mutations = [(n, vs) for n in nodes if (vs := _mutated(n, model, t))]
     head, _ = _collect(
         [*outs, *placeholders], set(), [(m, v) for m, v in mutations if order[m] < cut_at]
     )
