@@ -1,4 +1,4 @@
-"""torchvision's resnet50 weights into timm's resnet50, and timm's ViT-B/16 into torchvision's.
+"""torchvision's resnet50 and convnext_tiny weights into timm's, and timm's ViT-B/16 into torchvision's.
 
 The same network lives in several zoos under different key names. The usual way is a
 hand-written rename table per architecture (timm's ``checkpoint_filter_fn``, HF's
@@ -65,6 +65,17 @@ def main() -> None:
     surgery.load_partial(vit_tm, into=vit_tv, rename=rules, strict=True)
     img = torch.randn(1, 3, 224, 224)
     check(surgery.check_transfer(vit_tm, vit_tv, img).ok, "the pinned rules give equal outputs")
+
+    section("torchvision convnext_tiny -> timm convnext_tiny (tensors in other shapes)")
+    cn_tv = torchvision.models.convnext_tiny(weights=None).eval()
+    cn_tm = timm.create_model("convnext_tiny", pretrained=False).eval()
+    km = surgery.match_keys(cn_tv, cn_tm)
+    shapes = km.reshaped["stages.0.blocks.0.gamma"]
+    print(f"  {len(km.reshaped)} reshaped, e.g. stages.0.blocks.0.gamma {shapes[0]} -> {shapes[1]}")
+    check(len(km.reshaped) == 18 and not km.mismatched, "18 layer scales (C, 1, 1) -> (C,)")
+    report = surgery.load_partial(cn_tv, into=cn_tm, rename="auto", strict=True)
+    check(report.reshaped == km.reshaped, "load_partial loads them reshaped")
+    check(surgery.check_transfer(cn_tv, cn_tm, x).ok, "timm's outputs equal torchvision's")
 
     section("two different networks are refused, not forced")
     r34 = torchvision.models.resnet34(weights=None)

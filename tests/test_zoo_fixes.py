@@ -228,3 +228,38 @@ def test_conv_with_its_own_forward_that_folds_is_adapted() -> None:
 
     m = nn.Sequential(PaddedConv(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
     assert _grey_equivalent(m, 16) < 1e-5
+
+
+class PadsFirst(nn.Module):
+    """davit's stem pads the image, crossvit resizes it, before the first convolution."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op == "pad":
+            x = nn.functional.pad(x, (1, 2, 0, 1), value=0.5)
+        elif self.op == "interpolate":
+            x = nn.functional.interpolate(x, scale_factor=1.5, mode="bilinear")
+        elif self.op == "pool":
+            x = nn.functional.avg_pool2d(x, 2)
+        elif self.op == "pad-channels":  # pads the channel dimension: not per channel
+            x = nn.functional.pad(x, (0, 0, 0, 0, 0, 1))[:, :3]
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("op", ["pad", "interpolate", "pool"])
+def test_adapt_input_through_per_channel_spatial_ops(op: str) -> None:
+    torch.manual_seed(0)
+    assert _grey_equivalent(PadsFirst(op).eval(), 16) < 1e-5
+
+
+def test_adapt_input_refuses_a_pad_of_the_channels() -> None:
+    m = PadsFirst("pad-channels").eval()
+    before = snapshot(m)
+    with pytest.raises(surgery.LayerNotFoundError, match=r"pad\(\.\.\.\)"):
+        surgery.adapt_input(m, 1)
+    assert_unchanged(m, before)

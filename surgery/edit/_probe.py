@@ -52,6 +52,26 @@ _META = frozenset(
     }
 )
 _PASS = frozenset({"contiguous", "float", "half", "double", "bfloat16", "to", "clone", "detach"})
+#: spatial operations applied to each channel alike (a fold of the channels commutes with
+#: them): padding of the spatial dimensions, resizing, pooling
+_PER_CHANNEL = frozenset(
+    {
+        "pad",
+        "interpolate",
+        "avg_pool1d",
+        "avg_pool2d",
+        "avg_pool3d",
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool3d",
+        "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d",
+        "adaptive_avg_pool3d",
+        "adaptive_max_pool1d",
+        "adaptive_max_pool2d",
+        "adaptive_max_pool3d",
+    }
+)
 _POINTWISE = frozenset(
     {
         "add",
@@ -209,6 +229,12 @@ class _Follow(TorchFunctionMode):
         if name == "cat":
             dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
             return dim == 0
+        if name in _PER_CHANNEL:  # the same operation on every channel, channels kept
+            x = hit[0]
+            if name == "pad":
+                pad = args[1] if len(args) > 1 else kwargs.get("pad", ())
+                return isinstance(pad, (tuple, list)) and len(pad) <= 2 * (x.dim() - 2)
+            return all(t is x or not isinstance(t, torch.Tensor) for t in leaves)
         if name in _POINTWISE:  # channel-independent: every other operand is a scalar
             return all(
                 not isinstance(t, torch.Tensor) or any(t is h for h in hit) or t.numel() == 1
