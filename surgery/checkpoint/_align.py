@@ -101,10 +101,10 @@ class _Counts:
     """How often each token, and each exact shape, occurs on each side (step 3)."""
 
     def __init__(self, ckpt: list[Entry], model: list[Entry]) -> None:
-        self.tok_c = Counter(e.token for e in ckpt)
-        self.tok_m = Counter(e.token for e in model)
         self.exact_c = Counter(e.exact for e in ckpt)
         self.exact_m = Counter(e.exact for e in model)
+        self.tok_c = _squeezed_counts(self.exact_c)
+        self.tok_m = _squeezed_counts(self.exact_m)
 
     def diff_token(self, e: Entry) -> tuple[tuple[int, ...], int]:
         """The token aligned by the diff: the exact shape where it is unique on both
@@ -120,6 +120,15 @@ class _Counts:
         if self.tok_c[c.token] == 1 and self.tok_m[m.token] == 1:
             return True
         return c.exact == m.exact and self.exact_c[c.exact] == 1 and self.exact_m[m.exact] == 1
+
+
+def _squeezed_counts(
+    exact: Counter[tuple[tuple[int, ...], int]],
+) -> Counter[tuple[tuple[int, ...], int]]:
+    out: Counter[tuple[tuple[int, ...], int]] = Counter()
+    for (shape, kind), n in exact.items():
+        out[squeezed(shape), kind] += n
+    return out
 
 
 def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
@@ -144,10 +153,8 @@ def align(ckpt: list[Entry], model: list[Entry]) -> Alignment:
         return out
     counts = _Counts(ckpt, model)
     ids: dict[tuple[tuple[int, ...], int], int] = {}
-    tokens_c = [counts.diff_token(e) for e in ckpt]
-    tokens_m = [counts.diff_token(e) for e in model]
-    tok_c = {i: ids.setdefault(tokens_c[i], len(ids)) for i in rc}
-    tok_m = {j: ids.setdefault(tokens_m[j], len(ids)) for j in rm}
+    tok_c = {i: ids.setdefault(counts.diff_token(ckpt[i]), len(ids)) for i in rc}
+    tok_m = {j: ids.setdefault(counts.diff_token(model[j]), len(ids)) for j in rm}
     # rounds: each aligns what the previous ones left (crossing them is allowed: a
     # shortcut registered first on one side and last on the other)
     certain: dict[int, int] = {}  # model index -> checkpoint index

@@ -21,6 +21,7 @@ that the load plan and commit treat them like any other tensor.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import torch
@@ -30,9 +31,10 @@ from ._source import TensorInfo, TensorSource
 __all__ = ["ReshapedSource", "reshape_kind", "squeezed"]
 
 
+@functools.lru_cache(maxsize=8192)  # shapes repeat: matching 10,000 tensors asks 40,000 times
 def squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     """``shape`` without its size-1 dimensions (``(96, 1, 1)`` -> ``(96,)``)."""
-    return tuple(d for d in shape if d != 1)
+    return tuple(d for d in shape if d != 1) if 1 in shape else shape
 
 
 def _numel(shape: tuple[int, ...]) -> int:
