@@ -668,6 +668,21 @@ def check_split(spec: Spec, m: nn.Module, x: tuple[Any, ...]) -> str:
     return f"{len(chosen)} of {len(points)} points lossless ({engine}): {', '.join(chosen)}"
 
 
+def _calls(m: nn.Module, path: str, x: tuple[Any, ...]) -> int:
+    """How often module ``path`` is called in ``m(*x)``."""
+    n = [0]
+
+    def hook(*_: Any) -> None:
+        n[0] += 1
+
+    h = m.get_submodule(path).register_forward_hook(hook)
+    try:
+        run(m, x)
+    finally:
+        h.remove()
+    return n[0]
+
+
 def _hooked_output(m: nn.Module, path: str, x: tuple[Any, ...]) -> Any:
     """The output of the one call of module ``path`` in ``m(*x)`` (None: not called once)."""
     seen: list[Any] = []
@@ -710,7 +725,7 @@ def check_cut(spec: Spec, m: nn.Module, x: tuple[Any, ...]) -> str:
     if not nodes:
         raise NotApplicable("create_feature_extractor reaches no module path")
     chosen = spread(nodes, 8)
-    refused, no_reference, overwritten = [], [], []
+    refused, no_reference, overwritten, uncalled = [], [], [], []
     # One extractor per path: with several return nodes, an in-place op after one of them
     # (ReLU(inplace=True) after a BatchNorm) would overwrite the returned tensor.
     for p in chosen:
@@ -725,6 +740,11 @@ def check_cut(spec: Spec, m: nn.Module, x: tuple[Any, ...]) -> str:
         try:
             c = surgery.cut(m, p, copy=False)
         except surgery.SurgeryError as e:
+            if "never calls it" in str(e) and _calls(m, p, x) == 0:
+                # the reference's node of that name is a function call (torch.relu inside
+                # quantized ResNets' blocks), and the module itself is never called
+                uncalled.append(p)
+                continue
             refused.append(f"{p!r}: {e}")
             continue
         if want is None:
@@ -758,6 +778,11 @@ def check_cut(spec: Spec, m: nn.Module, x: tuple[Any, ...]) -> str:
         if overwritten
         else ""
     )
+    if uncalled:
+        note += (
+            f"; {', '.join(uncalled)}: the reference's node is a function of that name, the "
+            "module is never called (cut refuses it, rightly)"
+        )
     return f"{len(chosen)} of {len(nodes)} paths equal: {', '.join(chosen)}{note}"
 
 

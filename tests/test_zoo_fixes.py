@@ -263,3 +263,28 @@ def test_adapt_input_refuses_a_pad_of_the_channels() -> None:
     with pytest.raises(surgery.LayerNotFoundError, match=r"pad\(\.\.\.\)"):
         surgery.adapt_input(m, 1)
     assert_unchanged(m, before)
+
+
+def test_adapt_input_through_dropout_on_the_input() -> None:
+    """efficientvit_b0's stem applies dropout to the image first (identity in eval)."""
+    m = nn.Sequential(nn.Dropout(0.1), nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 2, 1)).eval()
+    assert _grey_equivalent(m, 12) < 1e-5
+
+
+class NeedsLargeClips(nn.Module):
+    """torchvision's MViT: the forward only runs on 16 x 224 x 224 clips."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(3, 2, 1)
+        self.fc = nn.Linear(2 * 16 * 224 * 224, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).flatten(1))
+
+
+def test_adapt_input_probes_a_larger_size_when_the_usual_one_fails() -> None:
+    with torch.device("meta"):
+        m = NeedsLargeClips()
+    surgery.adapt_input(m, 1)
+    assert m.conv.in_channels == 1 and m.conv.weight.shape == (2, 1, 1, 1, 1)

@@ -74,6 +74,12 @@ _PER_CHANNEL = frozenset(
 )
 _POINTWISE = frozenset(
     {
+        "dropout",
+        "dropout1d",
+        "dropout2d",
+        "dropout3d",
+        "alpha_dropout",
+        "feature_alpha_dropout",
         "add",
         "sub",
         "mul",
@@ -117,10 +123,21 @@ def _input_channels(model: nn.Module) -> tuple[type[nn.Module] | None, int]:
     return None, 0
 
 
-def probe_inputs(model: nn.Module) -> list[torch.Tensor] | None:
+#: spatial sizes tried when the model declares none: the usual one, then a larger one
+#: (torchvision's MViT takes 16 x 224 x 224 clips, not the 16 x 112 x 112 of R3D)
+_SPATIAL: dict[type[nn.Module], list[tuple[int, ...]]] = {
+    nn.Conv1d: [(1024,), (16000,)],
+    nn.Conv2d: [(224, 224), (299, 299)],
+    nn.Conv3d: [(16, 112, 112), (16, 224, 224)],
+}
+
+
+def probe_inputs(model: nn.Module, attempt: int = 0) -> list[torch.Tensor] | None:
     """Meta inputs for ``model``: one per required positional argument of ``forward``.
 
-    None when no input shape can be derived (no convolution or Linear layer).
+    None when no input shape can be derived (no convolution or Linear layer), or
+    when ``attempt`` (0, 1, ...) runs past the spatial sizes to try for a model
+    that declares none (a declared size is the only attempt).
     """
     kind, channels = _input_channels(model)
     if kind is None:
@@ -144,17 +161,20 @@ def probe_inputs(model: nn.Module) -> list[torch.Tensor] | None:
     if isinstance(declared, int) and not isinstance(declared, bool) and declared > 0:
         channels = declared
     if kind is nn.Linear:
+        if attempt:
+            return None
         shape = (1, channels)
     elif (
         isinstance(size, (tuple, list)) and len(size) >= 2 and all(isinstance(s, int) for s in size)
     ):
+        if attempt:
+            return None
         shape = (1, size[0] if declared is None else channels, *size[1:])
     else:
-        spatial: dict[type[nn.Module], tuple[int, ...]] = {
-            nn.Conv1d: (1024,),
-            nn.Conv3d: (16, 112, 112),
-        }
-        shape = (1, channels, *spatial.get(kind, (224, 224)))
+        sizes = _SPATIAL.get(kind, _SPATIAL[nn.Conv2d])
+        if attempt >= len(sizes):
+            return None
+        shape = (1, channels, *sizes[attempt])
     try:
         params = inspect.signature(model.forward).parameters.values()
         required = [
@@ -244,12 +264,30 @@ class _Follow(TorchFunctionMode):
 
 
 def input_consumers(model: nn.Module) -> Consumers:
-    """The convolutions that read ``model``'s input, and every other direct use of it."""
-    found = Consumers()
+    """The convolutions that read ``model``'s input, and every other direct use of it.
+
+    Where the forward fails on the first input size, larger ones are tried (see
+    :data:`_SPATIAL`); the first failure is reported when none runs.
+    """
     inputs = probe_inputs(model)
     if inputs is None:
-        found.failed = "no convolution or Linear layer to derive an input shape from"
-        return found
+        return Consumers(failed="no convolution or Linear layer to derive an input shape from")
+    first = _follow(model, inputs)
+    attempt = 1
+    while first.failed is not None:
+        more = probe_inputs(model, attempt)
+        if more is None:
+            break
+        found = _follow(model, more)
+        if found.failed is None:
+            return found
+        attempt += 1
+    return first
+
+
+def _follow(model: nn.Module, inputs: list[torch.Tensor]) -> Consumers:
+    """Follow ``inputs`` through ``forward`` on a meta copy of ``model``."""
+    found = Consumers()
     clone = meta_copy(model).eval()
     stack: list[str] = []
     mode = _Follow(inputs, stack, found)
