@@ -84,9 +84,10 @@ def _configure_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--on-mismatch",
         default="error",
-        choices=["error", "skip"],
+        choices=["error", "skip", "reshape"],
         help="a key whose shape differs from the model's: refuse the load (error, the "
-        "default) or leave that tensor as it is (skip)",
+        "default), leave that tensor as it is (skip), or load a tensor that holds the same "
+        "values in another shape, e.g. (C, 1, 1) into (C,), refusing other mismatches (reshape)",
     )
     p.add_argument(
         "--casting",

@@ -48,6 +48,11 @@ def _run(args: Any) -> int:
             if args.json
             else "rename = [\n" + "".join(f"    ({p!r}, {r!r}),\n" for p, r in rules) + "]"
         )
+        if km.reshaped and not args.json:
+            print(
+                f"# {len(km.reshaped)} tensor(s) are stored in another shape: load with "
+                "on_mismatch='reshape' (--on-mismatch reshape)"
+            )
     elif args.json:
         print(km.to_json(indent=2))
     else:
