@@ -83,6 +83,19 @@ VISION = dict(
     patch_size=8,
 )
 
+WHISPER = dict(
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=37,
+    decoder_ffn_dim=37,
+    num_mel_bins=8,
+    max_source_positions=16,
+    **TOKENS,
+)
+
 # name -> (model factory, example inputs, a layer to split after)
 ZOO: dict[str, tuple[Callable[[], nn.Module], Callable[[], dict[str, Any]], str]] = {
     "bert": (bert_cls, _ids, "bert.encoder.layer.1"),
@@ -111,22 +124,7 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], Callable[[], dict[str, Any]], str]
     ),
     "whisper-encoder": (
         lambda: (
-            transformers.WhisperModel(
-                transformers.WhisperConfig(
-                    d_model=32,
-                    encoder_layers=2,
-                    decoder_layers=2,
-                    encoder_attention_heads=2,
-                    decoder_attention_heads=2,
-                    encoder_ffn_dim=37,
-                    decoder_ffn_dim=37,
-                    num_mel_bins=8,
-                    max_source_positions=16,
-                    **TOKENS,
-                )
-            )
-            .get_encoder()
-            .eval()
+            transformers.WhisperModel(transformers.WhisperConfig(**WHISPER)).get_encoder().eval()
         ),
         lambda: {
             "input_features": torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(0))
@@ -672,19 +670,7 @@ def test_adapt_input_keeps_the_config_in_step(name: str) -> None:
 
 def test_replace_head_of_a_head_class_without_base_model_attribute() -> None:
     """WhisperForAudioClassification keeps its encoder under .encoder, not base_model_prefix."""
-    cfg = transformers.WhisperConfig(
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=37,
-        decoder_ffn_dim=37,
-        num_mel_bins=8,
-        max_source_positions=16,
-        classifier_proj_size=24,
-        **TOKENS,
-    )
+    cfg = transformers.WhisperConfig(**WHISPER, classifier_proj_size=24)
     model = transformers.WhisperForAudioClassification(cfg).eval()
     surgery.replace_head(model, 7)
     assert model.classifier.out_features == 7 and model.config.num_labels == 7
