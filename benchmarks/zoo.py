@@ -684,7 +684,8 @@ def _calls(m: nn.Module, path: str, x: tuple[Any, ...]) -> int:
 
 
 def _hooked_output(m: nn.Module, path: str, x: tuple[Any, ...]) -> Any:
-    """The output of the one call of module ``path`` in ``m(*x)`` (None: not called once)."""
+    """The output of the first call of module ``path`` in ``m(*x)`` (what ``cut`` returns;
+    None: never called)."""
     seen: list[Any] = []
 
     def hook(_mod: nn.Module, _args: Any, out: Any) -> None:
@@ -695,7 +696,7 @@ def _hooked_output(m: nn.Module, path: str, x: tuple[Any, ...]) -> Any:
         run(m, x)
     finally:
         h.remove()
-    return seen[0] if len(seen) == 1 else None
+    return seen[0] if seen else None
 
 
 def pytree_clone(value: Any) -> Any:
