@@ -30,6 +30,11 @@ in a forked worker with a timeout, so a crash or a hang costs one model.
 Reproduce::
 
     OMP_NUM_THREADS=1 python benchmarks/zoo.py --budget 2700          # everything
+    # the published run: both cores, one process each, then one report
+    for i in 0 1; do OMP_NUM_THREADS=1 python benchmarks/zoo.py --selection-from docs/zoo.json \
+        --budget 2700 --shard $i/2 --json /tmp/s$i.json --markdown /tmp/s$i.md & done; wait
+    python benchmarks/zoo.py --hf --no-timm --no-torchvision --json /tmp/hf.json --markdown /tmp/hf.md
+    python benchmarks/zoo.py --merge /tmp/hf.json /tmp/s0.json /tmp/s1.json
     python benchmarks/zoo.py --ci                                     # the CI sample
     python benchmarks/zoo.py --families resnet,vit --no-torchvision   # a selection
     python benchmarks/zoo.py --hf --no-timm --no-torchvision          # tiny HF configs
@@ -1191,7 +1196,8 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "no budget" if result["budget_s"] is None else f"budget {result['budget_s']:.0f} s"
     )
     if result.get("merged_from"):
-        budget_text += f"; {len(result['merged_from'])} runs side by side, merged"
+        parts = ", ".join(f"{m['file']} {m['wall_s'] / 60:.1f} min" for m in result["merged_from"])
+        budget_text += f"; {len(result['merged_from'])} runs merged: {parts}"
     lines = [
         "# The zoo: what works where",
         "",
@@ -1203,7 +1209,13 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "Reproduce (CPU, one thread; the CI runs a fixed sample with `--ci`):",
         "",
         "```bash",
-        "OMP_NUM_THREADS=1 python benchmarks/zoo.py --hf --budget 2700",
+        "OMP_NUM_THREADS=1 python benchmarks/zoo.py --hf --budget 2700   # one process",
+        "for i in 0 1; do   # the published run: one process per core, then --merge",
+        "  OMP_NUM_THREADS=1 python benchmarks/zoo.py --selection-from docs/zoo.json --budget 2700 \\",
+        "    --shard $i/2 --json /tmp/s$i.json --markdown /tmp/s$i.md &",
+        "done; wait",
+        "python benchmarks/zoo.py --hf --no-timm --no-torchvision --json /tmp/hf.json --markdown /tmp/hf.md",
+        "python benchmarks/zoo.py --merge /tmp/hf.json /tmp/s0.json /tmp/s1.json",
         "python benchmarks/zoo.py --ci",
         "python benchmarks/zoo.py --families resnet,vit --no-torchvision --markdown /tmp/zoo.md",
         "```",
@@ -1242,7 +1254,8 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         f"- models: {len(records)} ({result['summary']['run']} run,"
         f" {result['summary']['skipped']} skipped, {result['summary']['not_reached']} not"
         " reached within the budget)",
-        f"- timm: {result['summary']['timm_families']} families,"
+        f"- timm: {result['summary']['timm_families']} families"
+        f" ({result['summary'].get('timm_models', result['summary']['timm_families'])} models),"
         f" {result['summary']['timm_families_with_refusal']} with at least one refusal,"
         f" {result['summary']['timm_refusals']} refusals in all",
     ]
@@ -1299,14 +1312,16 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
 
 def summarize(records: list[dict[str, Any]], reached: int) -> dict[str, Any]:
     timm_rs = [r for r in records if r["source"] == "timm" and "skipped" not in r]
-    refusals = {
-        r["family"]: sum(o["status"] == "refused" for o in r["ops"].values()) for r in timm_rs
-    }
+    refusals: dict[str, int] = {}  # per family (a family may hold two models: the CI sample's)
+    for r in timm_rs:
+        n = sum(o["status"] == "refused" for o in r["ops"].values())
+        refusals[r["family"]] = refusals.get(r["family"], 0) + n
     return {
         "run": sum("skipped" not in r for r in records),
         "skipped": sum("skipped" in r for r in records),
         "not_reached": reached,
-        "timm_families": len(timm_rs),
+        "timm_families": len(refusals),
+        "timm_models": len(timm_rs),
         "timm_refusals": sum(refusals.values()),
         "timm_families_with_refusal": sum(v > 0 for v in refusals.values()),
         "failures": len(failures(records)),
@@ -1335,6 +1350,8 @@ def merge(paths: list[Path], json_path: Path, md_path: Path) -> int:
     )
     result = {
         **runs[0],
+        "budget_s": next((run["budget_s"] for run in runs if run.get("budget_s")), None),
+        "started": min(run["started"] for run in runs),
         "wall_s": max(run["wall_s"] for run in runs),
         "merged_from": [
             {"file": p.name, "wall_s": run["wall_s"], "started": run["started"]}
