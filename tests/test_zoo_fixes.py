@@ -227,6 +227,11 @@ def test_conv_with_its_own_forward_that_folds_is_adapted() -> None:
             return super().forward(nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"))
 
     m = nn.Sequential(PaddedConv(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    seen: list[torch.device] = []
+    m[0].register_forward_hook(lambda _m, _a, out: seen.append(out.device))
+    plan = surgery.adapt_input(m, 1, dry_run=True)
+    # the caller's hook sees only the probe's meta copy, never the numeric proof's data
+    assert seen and all(d.type == "meta" for d in seen) and len(plan.edits) == 1
     assert _grey_equivalent(m, 16) < 1e-5
 
 

@@ -106,6 +106,15 @@ def _standardized_weight(conv: Any, new: Any, in_channels: int) -> None:
     )
 
 
+def _bare(module: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` (its own tensors) without its forward hooks."""
+    bare = copy.copy(module)
+    for name, value in module.__dict__.items():
+        if name.startswith("_forward") and "hooks" in name:  # new, empty: never the caller's
+            bare.__dict__[name] = type(value)()
+    return bare
+
+
 def _check_equivalent(conv: Any, new: Any, in_channels: int, path: str) -> None:
     """Prove a conv with its own forward adapted: ``new(x) == conv(x cycled to C channels)``.
 
@@ -121,13 +130,14 @@ def _check_equivalent(conv: Any, new: Any, in_channels: int, path: str) -> None:
         w.device, w.dtype
     )
     idx = torch.arange(c, device=w.device) % in_channels
-    wide = x.index_select(1, idx) if in_channels <= c else x[:, :c] * 1.0
+    old_conv, new_conv = _bare(conv), _bare(new)  # the caller's hooks never run here
     try:
         with torch.no_grad():
-            got, want = new(x), conv(wide)
-            if in_channels > c:  # x repeated to in_channels: compare with the original on x
-                got = new(x[:, :c].repeat(1, in_channels // c, *([1] * len(k))))
-                want = conv(x[:, :c])
+            if in_channels <= c:  # the original on x cycled to c channels
+                got, want = new_conv(x), old_conv(x.index_select(1, idx))
+            else:  # x repeated to in_channels: compare with the original on x
+                got = new_conv(x[:, :c].repeat(1, in_channels // c, *([1] * len(k))))
+                want = old_conv(x[:, :c])
     except Exception as e:
         got, want, why = None, None, f"{type(e).__name__}: {e}"
     else:
