@@ -17,8 +17,8 @@ stack it was created under (``node.meta["nn_module_stack"]``). From it:
   The graph is specialized to the example's non-tensor arguments and the
   train/eval mode; its input sizes stay free (``Dim.AUTO``) wherever the forward
   allows, except dimensions of size 1 in the example (torch pins those: trace
-  with a batch of 2 or more for a batch-size-free split). Every module of the graph is inlined (ATen ops reading
-  parameters), so the parts are ``GraphModule`` s with ``meta["surgery_engine"]
+  with a batch of 2 or more for a batch-size-free split). Every module of the
+  graph is inlined (ATen ops reading parameters), so the parts are ``GraphModule`` s with ``meta["surgery_engine"]
   == "torch.export"``.
 
 The export runs on a structural copy of the model (its own module objects and
