@@ -1278,6 +1278,22 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         lines.append(f"- `{model}` {op}: {md_escape(short(detail, 300))}")
     if not fails:
         lines.append("None.")
+    refusals = [
+        (r["source"], r["model"], op, o["detail"])
+        for r in records
+        for op, o in r["ops"].items()
+        if o["status"] == "refused"
+    ]
+    lines += [
+        "",
+        f"## Refusals ({len(refusals)})",
+        "",
+        "Each is a `SurgeryError` raised before anything changed; its message says why and "
+        "what to do instead.",
+        "",
+    ]
+    for source, model, op, detail in refusals:
+        lines.append(f"- {source} `{model}` {op}: {md_escape(short(detail, 400))}")
     for source, title in (
         ("timm", "timm families"),
         ("torchvision", "torchvision"),
