@@ -45,6 +45,7 @@ Name matches (step 1) accept the same reshapes (a layer scale stored as
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -355,19 +356,12 @@ def _whole_modules(
     return new
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def _counterparts(c: Entry, m: Entry) -> bool:
     """Two leftovers at the same place: same kind, and same rank and leaf name, or same size."""
     if c.kind != m.kind:
         return False
     same_role = len(c.shape) == len(m.shape) and c.leaf == m.leaf
-    return same_role or _numel(c.shape) == _numel(m.shape)
+    return same_role or math.prod(c.shape) == math.prod(m.shape)
 
 
 _DIGITS = re.compile(r"\d+")

@@ -137,8 +137,9 @@ class LoadReport:
                 lines.append(f"    {k!r}: checkpoint {tuple(a)} vs model {tuple(b)}")
         if self.reshaped:
             lines.append(f"  reshaped ({len(self.reshaped)}):")
-            for k, (a, b) in self.reshaped.items():
-                lines.append(f"    {k}: {a} -> {b}")
+            for k in sorted(self.reshaped):
+                a, b = self.reshaped[k]
+                lines.append(f"    {k!r}: checkpoint {tuple(a)} -> model {tuple(b)}")
         if self.cast:
             lines.append(f"  cast ({len(self.cast)}):")
             for k in sorted(self.cast):

@@ -22,6 +22,7 @@ that the load plan and commit treat them like any other tensor.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 
 import torch
@@ -35,13 +36,6 @@ __all__ = ["ReshapedSource", "reshape_kind", "squeezed"]
 def squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     """``shape`` without its size-1 dimensions (``(96, 1, 1)`` -> ``(96,)``)."""
     return tuple(d for d in shape if d != 1) if 1 in shape else shape
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def reshape_kind(a: tuple[int, ...], b: tuple[int, ...]) -> str | None:
@@ -66,8 +60,8 @@ def reshape_kind(a: tuple[int, ...], b: tuple[int, ...]) -> str | None:
         len(matrix) == 2
         and len(kernel) >= 3
         and matrix[0] == kernel[0]
-        and _numel(matrix) == _numel(kernel)
-        and _numel(matrix) > 0
+        and math.prod(matrix) == math.prod(kernel)
+        and math.prod(matrix) > 0
     ):
         return "flatten"
     return None
